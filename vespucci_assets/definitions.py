@@ -1,0 +1,33 @@
+"""The Dagster code location: `defs` for the current VESPUCCI_HOME."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from vespucci_assets.defs.ingestion.assets import events_asset, quarantined_events_asset
+from vespucci_assets.defs.reporting.assets import session_metrics_daily_asset
+from vespucci_assets.defs.resources import build_resources
+from vespucci_assets.defs.sessions.assets import (
+    session_events_asset,
+    sessions_action_based_asset,
+    sessions_asset,
+    sessions_time_based_asset,
+)
+from vespucci_assets.home import Home
+
+ASSETS = [
+    events_asset,
+    quarantined_events_asset,
+    session_events_asset,
+    sessions_time_based_asset,
+    sessions_action_based_asset,
+    sessions_asset,
+    session_metrics_daily_asset,
+]
+
+
+def build_definitions(home: Home) -> dg.Definitions:
+    return dg.Definitions(assets=ASSETS, resources=build_resources(home))
+
+
+defs = build_definitions(Home.from_env())

@@ -1,0 +1,152 @@
+"""Capture store -> `events`, `device_users_daily` and `quarantined_events` (DuckDB SQL)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from vespucci_assets.capture import EVENTS, QUARANTINE, CaptureStore
+from vespucci_assets.sql_utils import delete_days, set_target_days, sorted_days, sql_string_list, transaction, window_days
+from vespucci_assets.tables import EVENTS as EVENTS_TABLE
+
+TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+CAPTURED_COLUMNS = {
+    "message_id": "VARCHAR",
+    "type": "VARCHAR",
+    "event": "VARCHAR",
+    "name": "VARCHAR",
+    "anonymous_id": "VARCHAR",
+    "user_id": "VARCHAR",
+    "timestamp": "VARCHAR",
+    "original_timestamp": "VARCHAR",
+    "sent_at": "VARCHAR",
+    "received_at": "VARCHAR",
+    "ingested_ns": "BIGINT",
+    "properties": "JSON",
+    "context": "JSON",
+    "traits": "JSON",
+    "extra": "JSON",
+}
+QUARANTINE_COLUMNS = {"received_at": "VARCHAR", "reason": "VARCHAR", "raw": "VARCHAR", "ingested_ns": "BIGINT"}
+
+LIFECYCLE_RANK_SQL = """
+    CASE
+        WHEN type = 'track' AND event IN ('Application Installed', 'Application Updated') THEN 0
+        WHEN type = 'track' AND event = 'Application Opened' THEN 1
+        WHEN type = 'track' AND event = 'Application Backgrounded' THEN 3
+        ELSE 2
+    END
+"""
+
+
+@dataclass(frozen=True)
+class EventsStats:
+    events: int
+    members: int
+    duplicates: int
+    devices: int
+
+
+def _read_json_sql(files, columns: dict[str, str]) -> str:
+    spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
+    # Only a crashed writer's torn last line can fail to parse; complete records always do.
+    return (
+        f"read_json({sql_string_list(map(str, files))}, format = 'newline_delimited', "
+        f"columns = {spec}, filename = true, ignore_errors = true)"
+    )
+
+
+def build_events(conn, store: CaptureStore, project_id: str, days: list[date]) -> EventsStats:
+    """Replace `events` for these days: dedupe on messageId (first ingested copy wins)."""
+    days = sorted_days(days)
+    # A duplicate may carry a slightly different timestamp: look one day either side for earlier copies.
+    files = store.files(project_id, EVENTS, window_days(days))
+    set_target_days(conn, days)
+    source = _read_json_sql(files, CAPTURED_COLUMNS) if files else _empty_source(CAPTURED_COLUMNS)
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE first_copies AS
+        SELECT * EXCLUDE (filename), count(*) OVER (PARTITION BY message_id) AS copies
+        FROM (
+            SELECT *, strptime(timestamp, '{TS_FORMAT}') AS ts FROM {source}
+            WHERE message_id IS NOT NULL AND timestamp IS NOT NULL
+        )
+        QUALIFY row_number() OVER (PARTITION BY message_id ORDER BY ingested_ns, filename) = 1
+        """
+    )
+    with transaction(conn):
+        delete_days(conn, "events", "event_date", project_id)
+        delete_days(conn, "device_users_daily", "event_date", project_id)
+        conn.execute(
+            f"""
+            INSERT INTO events ({", ".join(EVENTS_TABLE.column_names)})
+            SELECT
+                $project_id, CAST(ts AS DATE), message_id, type, event, name,
+                coalesce(anonymous_id, user_id), anonymous_id, user_id,
+                ts,
+                strptime(original_timestamp, '{TS_FORMAT}'),
+                strptime(sent_at, '{TS_FORMAT}'),
+                strptime(received_at, '{TS_FORMAT}'),
+                properties, context, traits, extra,
+                {LIFECYCLE_RANK_SQL},
+                type IN ('track', 'screen', 'page'),
+                ingested_ns, copies
+            FROM first_copies
+            WHERE CAST(ts AS DATE) IN (SELECT target_date FROM target_days)
+            """,
+            {"project_id": project_id},
+        )
+        conn.execute(
+            """
+            INSERT INTO device_users_daily
+            SELECT project_id, event_date, device_key,
+                   arg_max(user_id, {'t': timestamp, 'r': lifecycle_rank, 'rec': received_at, 'm': message_id}),
+                   max(timestamp)
+            FROM events
+            WHERE project_id = $project_id AND user_id IS NOT NULL
+              AND event_date IN (SELECT target_date FROM target_days)
+            GROUP BY ALL
+            """,
+            {"project_id": project_id},
+        )
+    row = conn.execute(
+        """
+        SELECT count(*), count(*) FILTER (WHERE is_member), coalesce(sum(copies - 1), 0), count(DISTINCT device_key)
+        FROM events WHERE project_id = $project_id AND event_date IN (SELECT target_date FROM target_days)
+        """,
+        {"project_id": project_id},
+    ).fetchone()
+    return EventsStats(events=row[0], members=row[1], duplicates=int(row[2]), devices=row[3])
+
+
+def build_quarantine(conn, store: CaptureStore, project_id: str, days: list[date]) -> int:
+    """Replace `quarantined_events` for these arrival days; returns the rows written."""
+    days = sorted_days(days)
+    files = store.files(project_id, QUARANTINE, days)
+    set_target_days(conn, days)
+    with transaction(conn):
+        delete_days(conn, "quarantined_events", "received_date", project_id)
+        if files:
+            conn.execute(
+                f"""
+                INSERT INTO quarantined_events
+                SELECT $project_id, CAST(ts AS DATE), ts, reason, raw
+                FROM (SELECT *, strptime(received_at, '{TS_FORMAT}') AS ts
+                      FROM {_read_json_sql(files, QUARANTINE_COLUMNS)} WHERE reason IS NOT NULL)
+                WHERE CAST(ts AS DATE) IN (SELECT target_date FROM target_days)
+                ORDER BY ingested_ns
+                """,
+                {"project_id": project_id},
+            )
+    return conn.execute(
+        "SELECT count(*) FROM quarantined_events WHERE project_id = $p AND received_date IN (SELECT target_date FROM target_days)",
+        {"p": project_id},
+    ).fetchone()[0]
+
+
+
+
+def _empty_source(columns: dict[str, str]) -> str:
+    cols = ", ".join(f"CAST(NULL AS {t}) AS {k}" for k, t in columns.items())
+    return f"(SELECT {cols}, CAST(NULL AS VARCHAR) AS filename WHERE false)"

@@ -1,0 +1,159 @@
+"""Session summaries, the chosen-method `sessions` and daily metrics (DuckDB SQL)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from vespucci_assets.sessionize import ACTION, METHODS, TIME
+from vespucci_assets.sql_utils import delete_days, set_target_days, sorted_days, transaction
+from vespucci_assets.tables import SESSION_COLUMNS, SESSIONS_VIEW
+
+SESSION_TABLES = {TIME: "sessions_time_based", ACTION: "sessions_action_based"}
+SESSION_COLUMN_LIST = ", ".join(c.name for c in SESSION_COLUMNS)
+ORDER = "{'t': e.timestamp, 'r': e.lifecycle_rank, 'rec': e.received_at, 'm': e.message_id}"
+
+
+def build_method_sessions(conn, project_id: str, days: list[date], method: str) -> int:
+    """Replace one method's session table for these days from `session_events`."""
+    days = sorted_days(days)
+    set_target_days(conn, days)
+    table = SESSION_TABLES[method]
+    params = {"project_id": project_id, "method": method}
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE summarized AS
+        WITH members AS (
+            SELECT se.*, e.type, e.event, e.name, e.anonymous_id, e.user_id, e.lifecycle_rank, e.received_at
+            FROM session_events AS se
+            JOIN events AS e
+              ON e.project_id = se.project_id AND e.event_date = se.event_date AND e.message_id = se.message_id
+            WHERE se.project_id = $project_id AND se.tracking_method = $method
+              AND se.session_date IN (SELECT target_date FROM target_days)
+        ),
+        summary AS (
+            SELECT project_id, session_date, session_id, device_key,
+                   any_value(anonymous_id) AS anonymous_id,
+                   min(timestamp) AS started_at,
+                   max(timestamp) AS ended_at,
+                   count(*) AS event_count,
+                   count(*) FILTER (WHERE type IN ('screen', 'page')) AS screen_count,
+                   count(*) FILTER (WHERE type = 'track') AS track_count,
+                   arg_min(name, seq) FILTER (WHERE type IN ('screen', 'page')) AS first_screen,
+                   arg_max(name, seq) FILTER (WHERE type IN ('screen', 'page')) AS last_screen,
+                   any_value(end_reason) AS end_reason,
+                   bool_or(is_continuation) AS is_continuation,
+                   bool_or(long_activity) AS long_activity
+            FROM members GROUP BY ALL
+        ),
+        identity_calls AS (
+            SELECT s.session_id, arg_max(e.user_id, {ORDER}) AS user_id, max({ORDER}) AS at
+            FROM summary AS s
+            JOIN events AS e
+              ON e.project_id = s.project_id AND e.device_key = s.device_key
+             AND e.event_date BETWEEN s.session_date AND s.session_date + 1
+             AND e.timestamp BETWEEN s.started_at AND s.ended_at
+            WHERE e.project_id = $project_id AND NOT e.is_member AND e.user_id IS NOT NULL
+            GROUP BY ALL
+        ),
+        member_users AS (
+            SELECT session_id, arg_max(user_id, seq) AS user_id,
+                   max({ORDER.replace('e.', '')}) AS at
+            FROM members WHERE user_id IS NOT NULL GROUP BY ALL
+        )
+        SELECT s.project_id, s.session_date, s.session_id, $method AS tracking_method, s.device_key, s.anonymous_id,
+               CASE WHEN i.at IS NULL THEN m.user_id
+                    WHEN m.at IS NULL OR i.at > m.at THEN i.user_id
+                    ELSE m.user_id END AS user_id,
+               s.started_at, s.ended_at,
+               epoch(s.ended_at - s.started_at) AS duration_s,
+               s.event_count, s.screen_count, s.track_count, s.first_screen, s.last_screen, s.end_reason,
+               s.is_continuation, s.long_activity
+        FROM summary AS s
+        LEFT JOIN identity_calls AS i USING (session_id)
+        LEFT JOIN member_users AS m USING (session_id)
+        """,
+        params,
+    )
+    with transaction(conn):
+        delete_days(conn, table, "session_date", project_id)
+        conn.execute(f"INSERT INTO {table} ({SESSION_COLUMN_LIST}) SELECT {SESSION_COLUMN_LIST} FROM summarized ORDER BY session_date, started_at, session_id")
+    return conn.execute("SELECT count(*) FROM summarized").fetchone()[0]
+
+
+def build_chosen_sessions(conn, project_id: str, days: list[date]) -> dict[str, int]:
+    """Replace `chosen_sessions` with each day's chosen method; returns sessions per method used."""
+    days = sorted_days(days)
+    set_target_days(conn, days)
+    params = {"project_id": project_id}
+    with transaction(conn):
+        delete_days(conn, "chosen_sessions", "session_date", project_id)
+        for method in METHODS:
+            conn.execute(
+                f"""
+                INSERT INTO chosen_sessions ({SESSION_COLUMN_LIST})
+                SELECT {SESSION_COLUMN_LIST} FROM {SESSION_TABLES[method]} AS s
+                WHERE s.project_id = $project_id
+                  AND s.session_date IN (
+                      SELECT session_date FROM session_method_choice
+                      WHERE project_id = $project_id AND chosen_method = '{method}'
+                        AND session_date IN (SELECT target_date FROM target_days))
+                ORDER BY session_date, started_at, session_id
+                """,
+                params,
+            )
+        conn.execute(SESSIONS_VIEW)
+    rows = conn.execute(
+        """SELECT tracking_method, count(*) FROM chosen_sessions
+           WHERE project_id = $project_id AND session_date IN (SELECT target_date FROM target_days) GROUP BY ALL""",
+        params,
+    ).fetchall()
+    return dict(rows)
+
+
+def build_metrics(conn, project_id: str, days: list[date]) -> None:
+    """Replace `session_metrics_daily` for these days, one row per method."""
+    days = sorted_days(days)
+    set_target_days(conn, days)
+    selects = " UNION ALL ".join(
+        f"""
+        SELECT t.target_date AS session_date, '{method}' AS tracking_method, s.*
+        FROM target_days AS t
+        LEFT JOIN (
+            SELECT session_date, count(*) AS sessions, count(DISTINCT device_key) AS devices,
+                   count(DISTINCT user_id) AS users,
+                   median(duration_s) AS median_duration_s,
+                   quantile_cont(duration_s, 0.9) AS p90_duration_s,
+                   avg(event_count) AS events_per_session,
+                   avg(CASE WHEN screen_count <= 1 AND event_count <= 2 THEN 1.0 ELSE 0.0 END) AS bounce_rate,
+                   count(*) FILTER (WHERE long_activity) AS long_activity_sessions
+            FROM {SESSION_TABLES[method]}
+            WHERE project_id = $project_id AND session_date IN (SELECT target_date FROM target_days)
+            GROUP BY ALL
+        ) AS s ON s.session_date = t.target_date
+        """
+        for method in METHODS
+    )
+    with transaction(conn):
+        delete_days(conn, "session_metrics_daily", "session_date", project_id)
+        conn.execute(
+            f"""
+            INSERT INTO session_metrics_daily
+            SELECT $project_id, m.session_date, m.tracking_method,
+                   m.tracking_method = c.chosen_method,
+                   coalesce(m.sessions, 0), coalesce(m.devices, 0), coalesce(m.users, 0),
+                   m.median_duration_s, m.p90_duration_s, m.events_per_session, m.bounce_rate,
+                   CASE WHEN m.tracking_method = 'action' THEN coalesce(o.orphans, 0) ELSE 0 END,
+                   c.action_coverage,
+                   coalesce(m.long_activity_sessions, 0)
+            FROM ({selects}) AS m
+            LEFT JOIN session_method_choice AS c
+              ON c.project_id = $project_id AND c.session_date = m.session_date
+            LEFT JOIN (
+                SELECT event_date, count(*) AS orphans FROM orphan_events
+                WHERE project_id = $project_id GROUP BY ALL
+            ) AS o ON o.event_date = m.session_date
+            ORDER BY m.session_date, m.tracking_method
+            """,
+            {"project_id": project_id},
+        )
+

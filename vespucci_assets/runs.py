@@ -1,0 +1,115 @@
+"""Real Dagster runs of every asset for chosen partitions, recorded in the instance."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Callable
+
+import dagster as dg
+
+from vespucci_assets.capture import EVENTS, QUARANTINE
+from vespucci_assets.defs.partitions import PROJECTS
+from vespucci_assets.home import Home
+from vespucci_assets.projects import ProjectError, Registry
+
+
+class MaterializeFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class RunSummary:
+    runs: list[str] = field(default_factory=list)
+    partitions: int = 0
+
+
+def dagster_instance(home: Home) -> dg.DagsterInstance:
+    """The instance under DAGSTER_HOME, or VESPUCCI_HOME/dagster with this project's dagster.yaml."""
+    dagster_home = home.dagster_home
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DEFAULT_INSTANCE_YAML)
+    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
+    return dg.DagsterInstance.from_config(str(dagster_home))
+
+
+DEFAULT_INSTANCE_YAML = """\
+# Written by vespucci: one DuckDB writer at a time.
+concurrency:
+  pools:
+    default_limit: 1
+telemetry:
+  enabled: false
+"""
+
+
+def days_with_data(home: Home, project_id: str) -> list[date]:
+    from vespucci_assets.capture import CaptureStore
+
+    store = CaptureStore(home.capture_dir)
+    return sorted(set(store.days(project_id, EVENTS)) | set(store.days(project_id, QUARANTINE)))
+
+
+def register_projects(instance: dg.DagsterInstance, project_ids: list[str]) -> None:
+    known = set(instance.get_dynamic_partitions(PROJECTS.name))
+    missing = [p for p in project_ids if p not in known]
+    if missing:
+        instance.add_dynamic_partitions(PROJECTS.name, missing)
+
+
+def materialize_partitions(
+    home: Home,
+    project_ids: list[str] | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    instance: dg.DagsterInstance | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> RunSummary:
+    """One Dagster run per project covering its days in [start, end] that hold data."""
+    from vespucci_assets.definitions import ASSETS, build_definitions
+
+    registry = Registry(home.registry_path)
+    projects = [registry.get(p) for p in project_ids] if project_ids else registry.list()
+    if not projects:
+        raise ProjectError("no projects yet: add one with `vespucci projects add ID`")
+    instance = instance or dagster_instance(home)
+    register_projects(instance, [p.project_id for p in projects])
+    resources = build_definitions(home).resources
+    summary = RunSummary()
+    for project in projects:
+        days = [d for d in days_with_data(home, project.project_id) if (start is None or d >= start) and (end is None or d <= end)]
+        if not days:
+            progress(f"{project.project_id}: no data in range, nothing to do")
+            continue
+        first, last = days[0], days[-1]
+        progress(f"{project.project_id}: materializing {first} .. {last} ({(last - first).days + 1} day(s)) ...")
+        result = dg.materialize(
+            ASSETS,
+            instance=instance,
+            resources=resources,
+            tags={
+                "dagster/asset_partition_range_start": f"{first.isoformat()}|{project.project_id}",
+                "dagster/asset_partition_range_end": f"{last.isoformat()}|{project.project_id}",
+                "vespucci/project": project.project_id,
+            },
+            raise_on_error=False,
+        )
+        if not result.success:
+            raise MaterializeFailed(f"run {result.run_id} for project {project.project_id} failed: {_failure(result)}")
+        summary.runs.append(result.run_id)
+        summary.partitions += (last - first).days + 1
+        progress(f"{project.project_id}: run {result.run_id} succeeded")
+    return summary
+
+
+def _failure(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause is not None and error.message.startswith("Error occurred while executing"):
+                error = error.cause
+            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+    return "see the run in the Dagster UI"
