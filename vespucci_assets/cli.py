@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import replace
 from datetime import date
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _quiet_dagster_warnings()
     try:
         args = build_parser().parse_args(argv)
         home = Home.from_env().ensure()
@@ -96,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI promises one line, never a traceback
         print(f"vespucci: error: {_describe(exc)}", file=sys.stderr)
         return 1
+
+
+def _quiet_dagster_warnings() -> None:
+    # Beta/preview notices about Dagster APIs are for us, not for the people running the CLI.
+    import dagster as dg
+
+    for category in (dg.BetaWarning, dg.PreviewWarning):
+        warnings.filterwarnings("ignore", category=category)
 
 
 def _describe(exc: Exception) -> str:

@@ -31,10 +31,11 @@ DEVICE_MODELS = {
     "android": (("Google", "Pixel 8", "Android", "14"), ("samsung", "SM-S911B", "Android", "14"),
                 ("Xiaomi", "2201117TY", "Android", "13")),
 }
-# Zones without daylight saving time, so a fixed offset is their true local time.
-TIMEZONES = (("America/Phoenix", -7), ("America/Bogota", -5), ("America/Sao_Paulo", -3), ("UTC", 0),
-             ("Africa/Lagos", 1), ("Africa/Johannesburg", 2), ("Asia/Dubai", 4), ("Asia/Kolkata", 5.5),
-             ("Asia/Tokyo", 9))
+# (zone, UTC offset in hours, share of users). Zones without daylight saving time, so the
+# fixed offset is their true local time; the Americas' evening peak straddles midnight UTC.
+TIMEZONES = (("America/Phoenix", -7, 2), ("America/Mexico_City", -6, 2), ("America/Bogota", -5, 2),
+             ("America/Sao_Paulo", -3, 2), ("UTC", 0, 1), ("Africa/Lagos", 1, 1), ("Africa/Johannesburg", 2, 1),
+             ("Asia/Dubai", 4, 1), ("Asia/Kolkata", 5.5, 1), ("Asia/Tokyo", 9, 1))
 # Relative chance that a session starts in each local hour 0..23: commute, lunch, evening.
 HOUR_WEIGHTS = (2, 1, 0.5, 0.2, 0.2, 0.5, 2, 5, 7, 5, 4, 4, 7, 6, 4, 4, 5, 6, 8, 9, 10, 10, 8, 5)
 SESSIONS_PER_DAY = (1, 2, 2, 3, 3, 3, 4, 4, 5, 6)
@@ -61,14 +62,15 @@ ALIAS_RATE = 0.35
 GROUP_RATE = 0.25
 SKEWED_CLOCK_RATE = 0.1
 OFFLINE_PRONE_RATE = 0.15
-OFFLINE_SESSION_RATE = 0.5
+OFFLINE_SESSION_RATE = 0.3
 SKIP_DAY_RATE = 0.12
 CRASH_RATE = 0.06
 IDLE_RATE = 0.07
+LONG_JOURNEY_RATE = 0.15
 PUSH_RATE = 0.3
 WARM_START_RATE = 0.7
 UPDATE_RATE = 0.5
-RETRY_RATE = 0.04
+RETRY_RATE = 0.02
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def demo_batches(project_id: str, *, style: str, end_day: date, days: int = 7, d
 
 def _new_device(rng: random.Random, window_start: datetime, window_end: datetime) -> _Device:
     platform = rng.choice(("ios", "android"))
-    timezone_name, offset_hours = rng.choice(TIMEZONES)
+    timezone_name, offset_hours, _ = rng.choices(TIMEZONES, [share for _, _, share in TIMEZONES])[0]
     window = window_end - window_start
     installs_at = window_start + window * rng.uniform(0, 0.7) if rng.random() < INSTALL_IN_WINDOW_RATE else None
     identity = rng.random()
@@ -247,7 +249,7 @@ def _journey(rng: random.Random) -> list[tuple[str, dict]]:
     """What the user does in the app, as (call type, fields) pairs."""
     steps = [_screen("Home")]
     actions = (_browse, _search, _view_product, _add_to_cart, _checkout, _account)
-    for _ in range(rng.randint(2, 8)):
+    for _ in range(rng.randint(10, 25) if rng.random() < LONG_JOURNEY_RATE else rng.randint(2, 8)):
         steps += rng.choices(actions, (4, 2, 5, 3, 1, 1))[0](rng)
     return steps
 

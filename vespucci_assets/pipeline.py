@@ -20,6 +20,7 @@ from vespucci_assets.tables import create_schema
 
 
 def connect_warehouse(path: Path | str, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = duckdb.connect(str(path))
     if memory_limit:
         conn.execute(f"SET memory_limit = '{memory_limit}'")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 from typing import Callable
 
 import dagster as dg
@@ -13,6 +15,9 @@ from vespucci_assets.capture import EVENTS, QUARANTINE
 from vespucci_assets.defs.partitions import PROJECTS
 from vespucci_assets.home import Home
 from vespucci_assets.projects import ProjectError, Registry
+
+
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 class MaterializeFailed(RuntimeError):
@@ -31,19 +36,12 @@ def dagster_instance(home: Home) -> dg.DagsterInstance:
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():
-        config.write_text(DEFAULT_INSTANCE_YAML)
+        shutil.copyfile(INSTANCE_TEMPLATE, config)
     os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
     return dg.DagsterInstance.from_config(str(dagster_home))
 
 
-DEFAULT_INSTANCE_YAML = """\
-# Written by vespucci: one DuckDB writer at a time.
-concurrency:
-  pools:
-    default_limit: 1
-telemetry:
-  enabled: false
-"""
+INSTANCE_TEMPLATE = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
 def days_with_data(home: Home, project_id: str) -> list[date]:
@@ -95,6 +93,7 @@ def materialize_partitions(
                 "dagster/asset_partition_range_end": f"{last.isoformat()}|{project.project_id}",
                 "vespucci/project": project.project_id,
             },
+            run_config=QUIET_RUN_CONFIG,
             raise_on_error=False,
         )
         if not result.success:
