@@ -84,7 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_dagster_warnings()
     try:
         args = build_parser().parse_args(argv)
         home = Home.from_env().ensure()
@@ -189,6 +188,7 @@ def _import(args, home: Home) -> int:
 def _materialize(args, home: Home) -> int:
     from vespucci_assets.runs import materialize_partitions
 
+    _quiet_dagster_warnings()
     if args.start and args.end and args.start > args.end:
         raise CliError("--from must not be after --to")
     summary = materialize_partitions(home, args.projects, args.start, args.end, progress=print)
@@ -199,6 +199,7 @@ def _materialize(args, home: Home) -> int:
 def _demo(args, home: Home) -> int:
     from vespucci_assets.demo import run_demo
 
+    _quiet_dagster_warnings()
     run_demo(home, days=args.days, devices=args.devices, out=print)
     return 0
 

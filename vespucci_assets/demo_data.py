@@ -13,6 +13,7 @@ Dagster or storage.
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -65,8 +66,9 @@ OFFLINE_PRONE_RATE = 0.15
 OFFLINE_SESSION_RATE = 0.3
 SKIP_DAY_RATE = 0.12
 CRASH_RATE = 0.06
-IDLE_RATE = 0.07
-LONG_JOURNEY_RATE = 0.15
+# Evenings (local 19:00 on) bring longer browsing and phones left open in front of the TV.
+IDLE_RATE = {"day": 0.04, "evening": 0.12}
+LONG_JOURNEY_RATE = {"day": 0.08, "evening": 0.35}
 PUSH_RATE = 0.3
 WARM_START_RATE = 0.7
 UPDATE_RATE = 0.5
@@ -91,6 +93,7 @@ class _Event:
 @dataclass
 class _Device:
     rng: random.Random
+    id_salt: int
     platform: str
     anonymous_id: str
     device_id: str
@@ -118,10 +121,12 @@ def demo_batches(project_id: str, *, style: str, end_day: date, days: int = 7, d
     window_start = datetime.combine(end_day - timedelta(days=days - 1), time(0), tzinfo=timezone.utc)
     window_end = window_start + timedelta(days=days)
     release_at = window_start + timedelta(days=days / 2, hours=9)
+    # The project only salts the ids: every project of one style gets the same traffic shape.
+    id_salt = int.from_bytes(hashlib.sha256(project_id.encode()).digest()[:16], "big")
     batches: list[DemoBatch] = []
     for index in range(devices):
-        rng = random.Random(f"vespucci-demo:{seed}:{project_id}:{style}:{index}")
-        device = _new_device(rng, window_start, window_end)
+        rng = random.Random(f"vespucci-demo:{seed}:{style}:{index}")
+        device = _new_device(rng, id_salt, window_start, window_end)
         events = _device_events(device, window_start, window_end - END_MARGIN, release_at)
         if style == "time":
             events = [e for e in events if not _is_lifecycle(e.message)]
@@ -129,7 +134,7 @@ def demo_batches(project_id: str, *, style: str, end_day: date, days: int = 7, d
     return sorted(batches, key=lambda b: b.received_at)
 
 
-def _new_device(rng: random.Random, window_start: datetime, window_end: datetime) -> _Device:
+def _new_device(rng: random.Random, id_salt: int, window_start: datetime, window_end: datetime) -> _Device:
     platform = rng.choice(("ios", "android"))
     timezone_name, offset_hours, _ = rng.choices(TIMEZONES, [share for _, _, share in TIMEZONES])[0]
     window = window_end - window_start
@@ -140,8 +145,9 @@ def _new_device(rng: random.Random, window_start: datetime, window_end: datetime
     return _Device(
         rng=rng,
         platform=platform,
-        anonymous_id=_uuid(rng),
-        device_id=_uuid(rng).replace("-", "") if platform == "android" else _uuid(rng).upper(),
+        id_salt=id_salt,
+        anonymous_id=_uuid(rng, id_salt),
+        device_id=_uuid(rng, id_salt).replace("-", "") if platform == "android" else _uuid(rng, id_salt).upper(),
         hardware=rng.choice(DEVICE_MODELS[platform]),
         timezone_name=timezone_name,
         utc_offset=timedelta(hours=offset_hours),
@@ -205,10 +211,11 @@ def _foreground(device: _Device, opened_at: datetime, session: int, warm: bool,
     """One foreground span: launch, a shopping journey, then Backgrounded unless the app crashes."""
     rng = device.rng
     events = _launch(device, opened_at, warm, release_at)
-    steps = _journey(rng)
+    part_of_day = "evening" if (opened_at + device.utc_offset).hour >= 19 else "day"
+    steps = _journey(rng, LONG_JOURNEY_RATE[part_of_day])
     logs_in_here = device.login is not None and device.login[0] == session
     login_step = rng.randrange(1, len(steps)) if logs_in_here else None
-    idle_step = rng.randrange(1, len(steps)) if rng.random() < IDLE_RATE else None
+    idle_step = rng.randrange(1, len(steps)) if rng.random() < IDLE_RATE[part_of_day] else None
     at = events[-1].at
     for step, (kind, fields) in enumerate(steps):
         at += _think_time(rng)
@@ -245,11 +252,11 @@ def _launch(device: _Device, at: datetime, warm: bool, release_at: datetime) -> 
     return events
 
 
-def _journey(rng: random.Random) -> list[tuple[str, dict]]:
+def _journey(rng: random.Random, long_rate: float) -> list[tuple[str, dict]]:
     """What the user does in the app, as (call type, fields) pairs."""
     steps = [_screen("Home")]
     actions = (_browse, _search, _view_product, _add_to_cart, _checkout, _account)
-    for _ in range(rng.randint(10, 25) if rng.random() < LONG_JOURNEY_RATE else rng.randint(2, 8)):
+    for _ in range(rng.randint(10, 25) if rng.random() < long_rate else rng.randint(2, 8)):
         steps += rng.choices(actions, (4, 2, 5, 3, 1, 1))[0](rng)
     return steps
 
@@ -391,7 +398,7 @@ def _batch(project_id: str, device: _Device, messages: list[dict], upload_at: da
 def _message(device: _Device, at: datetime, kind: str, **fields) -> _Event:
     message = {
         "type": kind,
-        "messageId": _uuid(device.rng),
+        "messageId": _uuid(device.rng, device.id_salt),
         "anonymousId": device.anonymous_id,
         "userId": device.user_id,
         "timestamp": _iso(at + device.clock_skew),
@@ -442,8 +449,8 @@ def _user_id(rng: random.Random) -> str:
     return f"user-{rng.randrange(10**5, 10**6)}"
 
 
-def _uuid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+def _uuid(rng: random.Random, salt: int) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128) ^ salt, version=4))
 
 
 def _is_event(message: dict, event: str) -> bool:
@@ -456,4 +463,4 @@ def _is_lifecycle(message: dict) -> bool:
 
 def _iso(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds, as the mobile SDKs write it."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
