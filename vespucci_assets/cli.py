@@ -186,9 +186,9 @@ def _import(args, home: Home) -> int:
 
 
 def _materialize(args, home: Home) -> int:
+    _quiet_dagster_warnings()
     from vespucci_assets.runs import materialize_partitions
 
-    _quiet_dagster_warnings()
     if args.start and args.end and args.start > args.end:
         raise CliError("--from must not be after --to")
     summary = materialize_partitions(home, args.projects, args.start, args.end, progress=print)
@@ -197,9 +197,9 @@ def _materialize(args, home: Home) -> int:
 
 
 def _demo(args, home: Home) -> int:
+    _quiet_dagster_warnings()
     from vespucci_assets.demo import run_demo
 
-    _quiet_dagster_warnings()
     run_demo(home, days=args.days, devices=args.devices, out=print)
     return 0
 

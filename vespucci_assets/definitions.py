@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from vespucci_assets.defs.checks import CHECKS
 from vespucci_assets.defs.ingestion.assets import events_asset, quarantined_events_asset
 from vespucci_assets.defs.reporting.assets import session_metrics_daily_asset
 from vespucci_assets.defs.resources import build_resources
@@ -27,7 +28,7 @@ ASSETS = [
 
 
 def build_definitions(home: Home) -> dg.Definitions:
-    return dg.Definitions(assets=ASSETS, resources=build_resources(home))
+    return dg.Definitions(assets=ASSETS, asset_checks=CHECKS, resources=build_resources(home))
 
 
 defs = build_definitions(Home.from_env())

@@ -42,6 +42,9 @@ HOUR_WEIGHTS = (2, 1, 0.5, 0.2, 0.2, 0.5, 2, 5, 7, 5, 4, 4, 7, 6, 4, 4, 5, 6, 8,
 SESSIONS_PER_DAY = (1, 2, 2, 3, 3, 3, 4, 4, 5, 6)
 PRODUCTS = (("sku-1001", "Espresso Cup", 12.0), ("sku-1002", "Moka Pot", 39.9), ("sku-1003", "Linen Apron", 24.5),
             ("sku-1004", "Olive Oil 1L", 18.0), ("sku-1005", "Pasta Board", 55.0), ("sku-1006", "Chef Knife", 89.0))
+# Checkout is rare: about one session in ten ends with an order.
+JOURNEY_ACTIONS = ("browse", "search", "view", "add_to_cart", "checkout", "account")
+JOURNEY_WEIGHTS = (8, 4, 10, 6, 0.6, 2)
 CATEGORIES = ("Kitchen", "Pantry", "Tableware", "Gifts")
 SEARCHES = ("moka", "knife", "olive oil", "gift for dad", "apron")
 FIRST_NAMES = ("Ada", "Bruno", "Chiara", "Diego", "Elif", "Femi", "Giulia", "Hiro", "Ines", "Jonas")
@@ -60,10 +63,10 @@ INSTALL_IN_WINDOW_RATE = 0.3
 SIGNED_IN_BEFORE_RATE = 0.3
 LOGS_IN_RATE = 0.35
 ALIAS_RATE = 0.35
-GROUP_RATE = 0.25
-SKEWED_CLOCK_RATE = 0.1
+GROUP_RATE = 0.3
+SKEWED_CLOCK_RATE = 0.12
 OFFLINE_PRONE_RATE = 0.15
-OFFLINE_SESSION_RATE = 0.3
+OFFLINE_SESSION_RATE = 0.2
 SKIP_DAY_RATE = 0.12
 CRASH_RATE = 0.06
 # Evenings (local 19:00 on) bring longer browsing and phones left open in front of the TV.
@@ -87,7 +90,7 @@ class DemoBatch:
 class _Event:
     at: datetime  # true time
     message: dict
-    session: int = 0
+    span: int
 
 
 @dataclass
@@ -103,12 +106,13 @@ class _Device:
     clock_skew: timedelta
     offline_prone: bool
     installs_at: datetime | None  # first run inside the window; None: installed before it
-    login: tuple[int, str] | None  # (session number, user id) of a login inside the window
+    login: tuple[int, str] | None  # (span number, user id) of a login inside the window
     first_run: bool
     user_id: str | None = None
     release: int = 0
-    session_ends: dict[int, datetime] = field(default_factory=dict)
-    session_starts: dict[int, datetime] = field(default_factory=dict)
+    span: int = 0  # current foreground span; pushes in background carry the previous one
+    span_starts: list[datetime] = field(default_factory=list)
+    span_ends: list[datetime] = field(default_factory=list)
 
 
 def demo_batches(project_id: str, *, style: str, end_day: date, days: int = 7, devices: int = 60,
@@ -172,22 +176,20 @@ def _device_events(device: _Device, window_start: datetime, last_allowed: dateti
     """Every message of one device in true-time order, tagged with its foreground span."""
     events: list[_Event] = []
     previous: list[_Event] = []
-    session = 0
     for start in _session_starts(device, window_start, last_allowed):
         if previous and start < previous[-1].at + MIN_SESSION_GAP:
             continue
         backgrounded = bool(previous) and _is_event(previous[-1].message, "Application Backgrounded")
+        pushes = _background_pushes(device, previous[-1].at, start) if backgrounded else []
         warm = backgrounded and start - previous[-1].at < timedelta(hours=3) and device.rng.random() < WARM_START_RATE
-        foreground = _foreground(device, start, session, warm, release_at)
+        device.span = len(device.span_starts)
+        foreground = _foreground(device, start, warm, release_at)
         if foreground[-1].at >= last_allowed:
             break
-        if backgrounded:
-            events += _background_pushes(device, previous[-1].at, start, session - 1)
-        events += foreground
-        device.session_starts[session] = start
-        device.session_ends[session] = foreground[-1].at
+        events += pushes + foreground
+        device.span_starts.append(start)
+        device.span_ends.append(foreground[-1].at)
         previous = foreground
-        session += 1
     return events
 
 
@@ -206,14 +208,13 @@ def _session_starts(device: _Device, window_start: datetime, last_allowed: datet
     return sorted(s for s in starts if earliest <= s < last_allowed)
 
 
-def _foreground(device: _Device, opened_at: datetime, session: int, warm: bool,
-                release_at: datetime) -> list[_Event]:
+def _foreground(device: _Device, opened_at: datetime, warm: bool, release_at: datetime) -> list[_Event]:
     """One foreground span: launch, a shopping journey, then Backgrounded unless the app crashes."""
     rng = device.rng
     events = _launch(device, opened_at, warm, release_at)
     part_of_day = "evening" if (opened_at + device.utc_offset).hour >= 19 else "day"
     steps = _journey(rng, LONG_JOURNEY_RATE[part_of_day])
-    logs_in_here = device.login is not None and device.login[0] == session
+    logs_in_here = device.login is not None and device.login[0] == device.span
     login_step = rng.randrange(1, len(steps)) if logs_in_here else None
     idle_step = rng.randrange(1, len(steps)) if rng.random() < IDLE_RATE[part_of_day] else None
     at = events[-1].at
@@ -228,8 +229,6 @@ def _foreground(device: _Device, opened_at: datetime, session: int, warm: bool,
     if rng.random() >= CRASH_RATE:
         events.append(_message(device, at + _think_time(rng), "track", event="Application Backgrounded",
                                properties={}))
-    for event in events:
-        event.session = session
     return events
 
 
@@ -255,30 +254,25 @@ def _launch(device: _Device, at: datetime, warm: bool, release_at: datetime) -> 
 def _journey(rng: random.Random, long_rate: float) -> list[tuple[str, dict]]:
     """What the user does in the app, as (call type, fields) pairs."""
     steps = [_screen("Home")]
-    actions = (_browse, _search, _view_product, _add_to_cart, _checkout, _account)
     for _ in range(rng.randint(10, 25) if rng.random() < long_rate else rng.randint(2, 8)):
-        steps += rng.choices(actions, (4, 2, 5, 3, 1, 1))[0](rng)
+        action = rng.choices(JOURNEY_ACTIONS, JOURNEY_WEIGHTS)[0]
+        steps += _checkout(rng) if action == "checkout" else _browsing(rng, action)
     return steps
 
 
-def _browse(rng: random.Random) -> list[tuple[str, dict]]:
-    category = rng.choice(CATEGORIES)
-    return [_screen("Product List", category=category), _track("Product List Viewed", category=category)]
-
-
-def _search(rng: random.Random) -> list[tuple[str, dict]]:
-    return [_screen("Search"), _track("Products Searched", query=rng.choice(SEARCHES))]
-
-
-def _view_product(rng: random.Random) -> list[tuple[str, dict]]:
+def _browsing(rng: random.Random, action: str) -> list[tuple[str, dict]]:
+    if action == "browse":
+        category = rng.choice(CATEGORIES)
+        return [_screen("Product List", category=category), _track("Product List Viewed", category=category)]
+    if action == "search":
+        return [_screen("Search"), _track("Products Searched", query=rng.choice(SEARCHES))]
+    if action == "account":
+        return [_screen("Account")]
     product = _product(rng)
-    return [_screen("Product Detail", product_id=product["product_id"]), _track("Product Viewed", **product)]
-
-
-def _add_to_cart(rng: random.Random) -> list[tuple[str, dict]]:
-    product = _product(rng)
-    return [_screen("Product Detail", product_id=product["product_id"]), _track("Product Viewed", **product),
-            _track("Added To Cart", quantity=rng.randint(1, 3), **product)]
+    viewed = [_screen("Product Detail", product_id=product["product_id"]), _track("Product Viewed", **product)]
+    if action == "add_to_cart":
+        return viewed + [_track("Added To Cart", quantity=rng.randint(1, 3), **product)]
+    return viewed
 
 
 def _checkout(rng: random.Random) -> list[tuple[str, dict]]:
@@ -288,10 +282,6 @@ def _checkout(rng: random.Random) -> list[tuple[str, dict]]:
              "currency": "EUR", "products": products}
     return [_screen("Cart"), _track("Checkout Started", value=total, currency="EUR"),
             _screen("Checkout"), _track("Order Completed", **order)]
-
-
-def _account(rng: random.Random) -> list[tuple[str, dict]]:
-    return [_screen("Account")]
 
 
 def _login(device: _Device, at: datetime) -> list[_Event]:
@@ -316,33 +306,28 @@ def _login(device: _Device, at: datetime) -> list[_Event]:
     return events
 
 
-def _background_pushes(device: _Device, backgrounded_at: datetime, next_open: datetime,
-                       session: int) -> list[_Event]:
+def _background_pushes(device: _Device, backgrounded_at: datetime, next_open: datetime) -> list[_Event]:
     rng = device.rng
     gap = next_open - backgrounded_at
     if gap < timedelta(minutes=20) or rng.random() >= PUSH_RATE:
         return []
-    times = sorted(backgrounded_at + gap * rng.uniform(0.1, 0.9) for _ in range(rng.choice((1, 1, 2))))
     pushes = []
-    for at in times:
+    for at in sorted(backgrounded_at + gap * rng.uniform(0.1, 0.9) for _ in range(rng.choice((1, 1, 2)))):
         campaign = {"name": rng.choice(CAMPAIGNS), "medium": "Push", "source": "mercato-crm"}
-        pushes.append(_message(device, at, "track", event="Push Notification Received",
-                               properties={"campaign": campaign}))
-    for push in pushes:
-        push.session = session
+        pushes.append(_message(device, at, "track", event="Push Notification Received", properties={"campaign": campaign}))
     return pushes
 
 
 def _device_uploads(project_id: str, device: _Device, events: list[_Event]) -> list[DemoBatch]:
     """The SDK flushes every 20 messages, every 30 s and on background; offline spans wait."""
     rng = device.rng
-    offline = {s for s in device.session_starts if _goes_offline(device, s)}
+    offline = {span for span in range(len(device.span_starts)) if _goes_offline(device, span)}
     batches: list[DemoBatch] = []
     last_upload = None
     for group in _upload_groups(events):
-        session = group[0].session
-        if session in offline:
-            upload_at = device.session_starts[session + 1] + timedelta(seconds=rng.uniform(1, 8))
+        span = group[0].span
+        if span in offline:
+            upload_at = device.span_starts[span + 1] + timedelta(seconds=rng.uniform(1, 8))
         else:
             upload_at = group[-1].at + timedelta(seconds=rng.uniform(0.5, 25))
         if last_upload is not None:
@@ -352,12 +337,11 @@ def _device_uploads(project_id: str, device: _Device, events: list[_Event]) -> l
     return batches
 
 
-def _goes_offline(device: _Device, session: int) -> bool:
+def _goes_offline(device: _Device, span: int) -> bool:
     """Offline from this span until the device's next launch, hours later (same or next day)."""
-    next_start = device.session_starts.get(session + 1)
-    if not device.offline_prone or next_start is None or device.rng.random() >= OFFLINE_SESSION_RATE:
+    if not device.offline_prone or span + 1 == len(device.span_starts) or device.rng.random() >= OFFLINE_SESSION_RATE:
         return False
-    end = device.session_ends[session]
+    end, next_start = device.span_ends[span], device.span_starts[span + 1]
     return next_start - end >= timedelta(hours=1) and (next_start.date() - end.date()).days <= 1
 
 
@@ -365,7 +349,7 @@ def _upload_groups(events: list[_Event]) -> list[list[_Event]]:
     groups: list[list[_Event]] = []
     current: list[_Event] = []
     for event in events:
-        if current and (len(current) == MAX_BATCH_MESSAGES or event.session != current[0].session
+        if current and (len(current) == MAX_BATCH_MESSAGES or event.span != current[0].span
                         or event.at - current[0].at > FLUSH_INTERVAL):
             groups.append(current)
             current = []
@@ -378,10 +362,9 @@ def _upload_groups(events: list[_Event]) -> list[list[_Event]]:
 
 def _deliveries(project_id: str, device: _Device, messages: list[dict], upload_at: datetime) -> list[DemoBatch]:
     """One upload, plus a retried copy when the response was lost (same messages, later sentAt)."""
-    rng = device.rng
     batches = [_batch(project_id, device, messages, upload_at)]
-    if rng.random() < RETRY_RATE:
-        retry_at = upload_at + timedelta(seconds=rng.uniform(5, 120))
+    if device.rng.random() < RETRY_RATE:
+        retry_at = upload_at + timedelta(seconds=device.rng.uniform(5, 120))
         batches.append(_batch(project_id, device, copy.deepcopy(messages), retry_at))
     return batches
 
@@ -404,9 +387,8 @@ def _message(device: _Device, at: datetime, kind: str, **fields) -> _Event:
         "timestamp": _iso(at + device.clock_skew),
         **fields,
         "context": _context(device),
-        "integrations": {},
     }
-    return _Event(at, message)
+    return _Event(at, message, device.span)
 
 
 def _context(device: _Device) -> dict:
@@ -463,4 +445,4 @@ def _is_lifecycle(message: dict) -> bool:
 
 def _iso(moment: datetime) -> str:
     """ISO-8601 UTC with milliseconds, as the mobile SDKs write it."""
-    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"  # moments here are all UTC

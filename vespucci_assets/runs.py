@@ -67,7 +67,7 @@ def materialize_partitions(
     progress: Callable[[str], None] = lambda _: None,
 ) -> RunSummary:
     """One Dagster run per project covering its days in [start, end] that hold data."""
-    from vespucci_assets.definitions import ASSETS, build_definitions
+    from vespucci_assets.definitions import ASSETS, CHECKS, build_definitions
 
     registry = Registry(home.registry_path)
     projects = [registry.get(p) for p in project_ids] if project_ids else registry.list()
@@ -85,7 +85,7 @@ def materialize_partitions(
         first, last = days[0], days[-1]
         progress(f"{project.project_id}: materializing {first} .. {last} ({(last - first).days + 1} day(s)) ...")
         result = dg.materialize(
-            ASSETS,
+            [*ASSETS, *CHECKS],
             instance=instance,
             resources=resources,
             tags={

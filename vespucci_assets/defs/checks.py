@@ -1,0 +1,106 @@
+"""Asset checks on every partition: blocking where a failure means wrong data, WARN where it means a suspicious stream."""
+
+from typing import Callable
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from vespucci_assets import quality
+from vespucci_assets.defs.common import DUCKDB_POOL, warehouse
+from vespucci_assets.defs.metadata import markdown_table
+from vespucci_assets.defs.partitions import DAY_X_PROJECT, days_by_project
+from vespucci_assets.defs.resources import VespucciHome
+from vespucci_assets.pipeline import session_settings
+from vespucci_assets.projects import Project
+from vespucci_assets.sessionize import ACTION, TIME
+
+UNIQUE_MESSAGE_IDS = "unique_message_ids"
+QUARANTINE_RATE = "quarantine_rate"
+MEMBERS_CONSERVED = "members_conserved"
+NO_MEMBER_IN_TWO_SESSIONS = "no_member_in_two_sessions"
+ORPHAN_RATE_AND_METHOD_FIT = "orphan_rate_and_method_fit"
+LONG_ACTIVITY_DEVICES = "long_activity_devices"
+NO_OVERLAPPING_SESSIONS = "no_overlapping_sessions"
+SESSION_BOUNDS = "session_bounds"
+EVENT_COUNT_MATCHES_MEMBERS = "event_count_matches_members"
+TIME_GAP_RULES = "time_gap_rules"
+ACTION_SESSION_SHAPE = "action_session_shape"
+
+Measure = Callable[[object, Project, list], quality.CheckOutcome]
+
+
+def check_partition_keys(context: dg.AssetCheckExecutionContext) -> list[str]:
+    """The partitions this check evaluation covers: one key, or a whole single-run range."""
+    op_context = context.op_execution_context
+    if op_context.has_partition_key:
+        return [op_context.partition_key]
+    return list(op_context.partition_keys)
+
+
+def quality_check(asset: str, name: str, measure: Measure, *, blocking: bool, description: str) -> dg.AssetChecksDefinition:
+    severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
+
+    @dg.asset_check(
+        asset=asset,
+        name=name,
+        blocking=blocking,
+        description=description,
+        partitions_def=DAY_X_PROJECT,
+        pool=DUCKDB_POOL,
+    )
+    def _check(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource, vespucci: VespucciHome) -> dg.AssetCheckResult:
+        outcomes = []
+        with warehouse(duckdb) as conn:
+            for project_id, days in days_by_project(check_partition_keys(context)).items():
+                outcomes.append((project_id, measure(conn, vespucci.project(project_id), days)))
+        failed = [(p, o) for p, o in outcomes if not o.passed]
+        examples = [(p, *row) for p, o in failed for row in o.examples][: quality.EXAMPLES]
+        return dg.AssetCheckResult(
+            passed=not failed,
+            severity=severity,
+            description="; ".join(f"{p}: {o.summary}" for p, o in outcomes),
+            metadata={
+                "figure": dg.MetadataValue.float(float(max((o.figure for _, o in outcomes), default=0.0))),
+                "examples": dg.MetadataValue.md(markdown_table(["project", "..."], [(e[0], ", ".join(map(str, e[1:]))) for e in examples])),
+            },
+        )
+
+    return _check
+
+
+def _settings(project: Project):
+    return session_settings(project)
+
+
+CHECKS = [
+    quality_check("events", UNIQUE_MESSAGE_IDS, lambda c, p, d: quality.unique_message_ids(c, p.project_id, d),
+                  blocking=True, description="One row per (project, messageId) across all days."),
+    quality_check("quarantined_events", QUARANTINE_RATE, lambda c, p, d: quality.quarantine_rate(c, p.project_id, d),
+                  blocking=False, description=f"At most {quality.MAX_QUARANTINE_RATE:.0%} of the day's messages quarantined."),
+    quality_check("session_events", MEMBERS_CONSERVED, lambda c, p, d: quality.members_conserved(c, p.project_id, d),
+                  blocking=True, description="members = time-session members = action-session members + orphans."),
+    quality_check("session_events", NO_MEMBER_IN_TWO_SESSIONS,
+                  lambda c, p, d: quality.no_member_in_two_sessions(c, p.project_id, d),
+                  blocking=True, description="No member belongs to two sessions of one method."),
+    quality_check("session_events", ORPHAN_RATE_AND_METHOD_FIT,
+                  lambda c, p, d: quality.orphan_rate_and_method_fit(c, p.project_id, d),
+                  blocking=False, description="Orphan rate and whether the other tracking method fits the stream better."),
+    quality_check("session_events", LONG_ACTIVITY_DEVICES, lambda c, p, d: quality.long_activity_devices(c, p.project_id, d),
+                  blocking=False, description="Devices active for more than the max duration with no gap over the timeout."),
+    quality_check("sessions_time_based", TIME_GAP_RULES, lambda c, p, d: quality.time_gap_rules(c, p.project_id, d, _settings(p)),
+                  blocking=True, description="Gaps inside a session <= timeout; between sessions > timeout unless cut."),
+    quality_check("sessions_action_based", ACTION_SESSION_SHAPE, lambda c, p, d: quality.action_session_shape(c, p.project_id, d),
+                  blocking=True, description="Starts with Opened (or Installed/Updated then Opened) unless continued; Backgrounded only last."),
+]
+for _method, _asset in ((TIME, "sessions_time_based"), (ACTION, "sessions_action_based")):
+    CHECKS += [
+        quality_check(_asset, NO_OVERLAPPING_SESSIONS,
+                      lambda c, p, d, m=_method: quality.no_overlapping_sessions(c, p.project_id, d, m),
+                      blocking=True, description="Sessions of one device never overlap."),
+        quality_check(_asset, SESSION_BOUNDS,
+                      lambda c, p, d, m=_method: quality.session_bounds(c, p.project_id, d, m, _settings(p)),
+                      blocking=True, description="started_at <= ended_at <= started_at + max duration, owned by its start day."),
+        quality_check(_asset, EVENT_COUNT_MATCHES_MEMBERS,
+                      lambda c, p, d, m=_method: quality.event_count_matches_members(c, p.project_id, d, m),
+                      blocking=True, description="event_count equals the session's rows in session_events."),
+    ]

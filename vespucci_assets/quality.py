@@ -1,0 +1,252 @@
+"""Session quality checks as plain SQL over the warehouse (no Dagster here).
+
+Each check looks at one project's days and returns a `CheckOutcome`: whether it holds,
+the figure it measured, and a few example rows when it does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+from vespucci_assets.sessionize import ACTION, TIME, SessionSettings
+from vespucci_assets.sql_utils import set_target_days
+
+MAX_QUARANTINE_RATE = 0.01
+MAX_ORPHAN_RATE = 0.2
+EXAMPLES = 5
+DAYS = "(SELECT target_date FROM target_days)"
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    figure: float
+    summary: str
+    examples: list[tuple] = field(default_factory=list)
+
+
+def _scalar(conn, sql: str, params: dict):
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def _violations(conn, sql: str, params: dict, what: str) -> CheckOutcome:
+    rows = conn.execute(sql, params).fetchall()
+    return CheckOutcome(not rows, len(rows), f"{len(rows)} {what}" if rows else f"no {what}", rows[:EXAMPLES])
+
+
+def unique_message_ids(conn, project_id: str, days: list[date]) -> CheckOutcome:
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        SELECT a.message_id, list(DISTINCT b.event_date) AS days
+        FROM events a JOIN events b ON b.project_id = a.project_id AND b.message_id = a.message_id
+        WHERE a.project_id = $p AND a.event_date IN {DAYS}
+        GROUP BY a.message_id HAVING count(*) > 1
+        """,
+        {"p": project_id},
+        "messageIds stored more than once",
+    )
+
+
+def quarantine_rate(conn, project_id: str, days: list[date]) -> CheckOutcome:
+    set_target_days(conn, days)
+    quarantined = _scalar(conn, f"SELECT count(*) FROM quarantined_events WHERE project_id = $p AND received_date IN {DAYS}", {"p": project_id})
+    accepted = _scalar(conn, f"SELECT count(*) FROM events WHERE project_id = $p AND event_date IN {DAYS}", {"p": project_id})
+    rate = quarantined / (quarantined + accepted) if quarantined + accepted else 0.0
+    return CheckOutcome(rate <= MAX_QUARANTINE_RATE, rate, f"{quarantined} quarantined of {quarantined + accepted} messages ({rate:.2%})")
+
+
+def members_conserved(conn, project_id: str, days: list[date]) -> CheckOutcome:
+    """Every member of a day is in exactly one time session, and in one action session or an orphan.
+
+    A member of day D belongs to a session owned by D-1 or D, so D-1's sessions must be current.
+    """
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        WITH members AS (
+            SELECT message_id, event_date FROM events
+            WHERE project_id = $p AND is_member AND event_date IN {DAYS}
+        ),
+        placed AS (
+            SELECT m.message_id, m.event_date,
+                   count(*) FILTER (WHERE se.tracking_method = 'time') AS time_sessions,
+                   count(*) FILTER (WHERE se.tracking_method = 'action') AS action_sessions
+            FROM members m LEFT JOIN session_events se
+              ON se.project_id = $p AND se.event_date = m.event_date AND se.message_id = m.message_id
+            GROUP BY ALL
+        )
+        SELECT p.message_id, p.event_date, p.time_sessions, p.action_sessions, o.message_id IS NOT NULL AS orphan
+        FROM placed p LEFT JOIN orphan_events o
+          ON o.project_id = $p AND o.event_date = p.event_date AND o.message_id = p.message_id
+        WHERE p.time_sessions <> 1 OR p.action_sessions + (o.message_id IS NOT NULL)::INT <> 1
+        """,
+        {"p": project_id},
+        "members not in exactly one session per method (orphans counted for action)",
+    )
+
+
+def no_member_in_two_sessions(conn, project_id: str, days: list[date]) -> CheckOutcome:
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        SELECT tracking_method, message_id, list(session_id) AS sessions
+        FROM session_events
+        WHERE project_id = $p AND message_id IN (
+            SELECT message_id FROM session_events WHERE project_id = $p AND session_date IN {DAYS})
+        GROUP BY ALL HAVING count(*) > 1
+        """,
+        {"p": project_id},
+        "members in two sessions",
+    )
+
+
+def _session_table(method: str) -> str:
+    return {TIME: "sessions_time_based", ACTION: "sessions_action_based"}[method]
+
+
+def no_overlapping_sessions(conn, project_id: str, days: list[date], method: str) -> CheckOutcome:
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        SELECT device_key, session_id, started_at, ended_at, next_started_at
+        FROM (
+            SELECT *, lead(started_at) OVER (PARTITION BY device_key ORDER BY started_at, session_id) AS next_started_at
+            FROM {_session_table(method)}
+            WHERE project_id = $p AND session_date BETWEEN (SELECT min(target_date) - 1 FROM target_days)
+                                                      AND (SELECT max(target_date) + 1 FROM target_days)
+        )
+        WHERE session_date IN {DAYS} AND next_started_at <= ended_at
+        """,
+        {"p": project_id},
+        "sessions overlapping the device's next session",
+    )
+
+
+def session_bounds(conn, project_id: str, days: list[date], method: str, settings: SessionSettings) -> CheckOutcome:
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        SELECT session_id, started_at, ended_at FROM {_session_table(method)}
+        WHERE project_id = $p AND session_date IN {DAYS}
+          AND NOT (started_at <= ended_at AND ended_at <= started_at + to_seconds($max_s)
+                   AND CAST(started_at AS DATE) = session_date)
+        """,
+        {"p": project_id, "max_s": settings.max_duration_s},
+        "sessions outside started_at <= ended_at <= started_at + max duration",
+    )
+
+
+def event_count_matches_members(conn, project_id: str, days: list[date], method: str) -> CheckOutcome:
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        SELECT s.session_id, s.event_count, count(se.message_id) AS members
+        FROM {_session_table(method)} s
+        LEFT JOIN session_events se
+          ON se.project_id = s.project_id AND se.session_date = s.session_date
+         AND se.tracking_method = $m AND se.session_id = s.session_id
+        WHERE s.project_id = $p AND s.session_date IN {DAYS}
+        GROUP BY ALL HAVING s.event_count <> count(se.message_id)
+        """,
+        {"p": project_id, "m": method},
+        "sessions whose event_count differs from their session_events rows",
+    )
+
+
+def time_gap_rules(conn, project_id: str, days: list[date], settings: SessionSettings) -> CheckOutcome:
+    """Inside a session no gap exceeds the timeout; between sessions every gap does, unless cut by max duration."""
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        WITH ordered AS (
+            SELECT se.session_id, se.device_key, se.seq, se.timestamp, se.is_continuation, se.long_activity,
+                   lag(se.timestamp) OVER w AS previous_timestamp,
+                   lag(se.session_id) OVER w AS previous_session
+            FROM session_events se JOIN events e
+              ON e.project_id = se.project_id AND e.event_date = se.event_date AND e.message_id = se.message_id
+            WHERE se.project_id = $p AND se.tracking_method = 'time'
+              AND se.session_date BETWEEN (SELECT min(target_date) - 2 FROM target_days) AND (SELECT max(target_date) FROM target_days)
+            WINDOW w AS (PARTITION BY se.device_key
+                         ORDER BY se.timestamp, e.lifecycle_rank, e.received_at, se.message_id)
+        )
+        SELECT session_id, device_key, previous_timestamp, timestamp,
+               CASE WHEN previous_session = session_id THEN 'gap inside session over timeout'
+                    ELSE 'new session after a gap within timeout' END AS problem
+        FROM ordered
+        WHERE previous_timestamp IS NOT NULL AND CAST(timestamp AS DATE) IN {DAYS}
+          AND ((previous_session = session_id AND timestamp - previous_timestamp > to_seconds($timeout))
+            OR (previous_session <> session_id AND timestamp - previous_timestamp <= to_seconds($timeout)
+                AND seq = 1 AND NOT is_continuation AND NOT long_activity))
+        """,
+        {"p": project_id, "timeout": settings.timeout_s},
+        "time-based gap rule violations",
+    )
+
+
+def action_session_shape(conn, project_id: str, days: list[date]) -> CheckOutcome:
+    """Starts with Opened (or Installed/Updated then Opened) unless a continuation; Backgrounded only last."""
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        WITH members AS (
+            SELECT se.session_id, se.seq, se.is_continuation, e.event, e.type,
+                   max(se.seq) OVER (PARTITION BY se.session_id) AS last_seq,
+                   lead(e.event) OVER (PARTITION BY se.session_id ORDER BY se.seq) AS next_event
+            FROM session_events se JOIN events e
+              ON e.project_id = se.project_id AND e.event_date = se.event_date AND e.message_id = se.message_id
+            WHERE se.project_id = $p AND se.tracking_method = 'action' AND se.session_date IN {DAYS}
+        )
+        SELECT session_id, seq, event FROM members
+        WHERE (seq = 1 AND NOT is_continuation AND NOT (
+                   event = 'Application Opened'
+                   OR (event IN ('Application Installed', 'Application Updated') AND next_event = 'Application Opened')))
+           OR (event = 'Application Backgrounded' AND type = 'track' AND seq <> last_seq)
+        """,
+        {"p": project_id},
+        "action sessions of the wrong shape",
+    )
+
+
+def orphan_rate_and_method_fit(conn, project_id: str, days: list[date]) -> CheckOutcome:
+    """WARN: many orphans, or the configured method fits the stream worse than the other."""
+    set_target_days(conn, days)
+    members, orphans, in_spans, configured = conn.execute(
+        f"""
+        SELECT coalesce(sum(members), 0), coalesce(sum(members - members_in_spans), 0),
+               coalesce(sum(members_in_spans), 0), any_value(configured_method)
+        FROM session_method_choice WHERE project_id = $p AND session_date IN {DAYS}
+        """,
+        {"p": project_id},
+    ).fetchone()
+    coverage = in_spans / members if members else 0.0
+    orphan_rate = orphans / members if members else 0.0
+    advice = ""
+    if configured == ACTION and coverage < 0.8:
+        advice = f"; only {coverage:.0%} of members are inside Opened..Backgrounded spans: consider --tracking-method time"
+    elif configured == TIME and coverage >= 0.8:
+        advice = f"; {coverage:.0%} of members are inside Opened..Backgrounded spans: consider --tracking-method action"
+    passed = (configured != ACTION or orphan_rate <= MAX_ORPHAN_RATE) and not advice
+    return CheckOutcome(passed, orphan_rate, f"orphan rate {orphan_rate:.1%}, action coverage {coverage:.1%}{advice}")
+
+
+def long_activity_devices(conn, project_id: str, days: list[date]) -> CheckOutcome:
+    set_target_days(conn, days)
+    return _violations(
+        conn,
+        f"""
+        SELECT DISTINCT tracking_method, device_key FROM session_events
+        WHERE project_id = $p AND session_date IN {DAYS} AND long_activity
+        """,
+        {"p": project_id},
+        "devices active for more than the max duration without a gap (cut from the first member in the window)",
+    )
