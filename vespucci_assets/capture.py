@@ -80,6 +80,26 @@ class CaptureStore:
                     except ValueError:
                         continue
 
+    def day_sizes(self) -> dict[str, int]:
+        """Bytes per (project, kind, day) folder, keyed 'project/kind/day'.
+
+        The store is append-only, so a folder whose size changed has new messages. One
+        directory listing per day folder and one stat per file: no file is opened.
+        """
+        sizes: dict[str, int] = {}
+        for project_id in self.projects():
+            for kind in (EVENTS, QUARANTINE):
+                base = self.root / project_id / kind
+                if not base.is_dir():
+                    continue
+                with os.scandir(base) as day_dirs:
+                    for day_dir in day_dirs:
+                        if day_dir.is_dir():
+                            with os.scandir(day_dir.path) as files:
+                                total = sum(f.stat().st_size for f in files if f.name.endswith(".ndjson"))
+                            sizes[f"{project_id}/{kind}/{day_dir.name}"] = total
+        return sizes
+
     def writer(self) -> "CaptureWriter":
         return CaptureWriter(self)
 

@@ -7,25 +7,12 @@ benchmarks can call `build_all` to get identical tables without an orchestrator.
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
-
-import duckdb
 
 from vespucci_assets.capture import CaptureStore
 from vespucci_assets.ingest import build_events, build_quarantine
 from vespucci_assets.projects import Project
 from vespucci_assets.reporting import build_chosen_sessions, build_method_sessions, build_metrics
 from vespucci_assets.sessionize import METHODS, SessionSettings, build_session_events
-from vespucci_assets.tables import create_schema
-
-
-def connect_warehouse(path: Path | str, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = duckdb.connect(str(path))
-    if memory_limit:
-        conn.execute(f"SET memory_limit = '{memory_limit}'")
-    create_schema(conn)
-    return conn
 
 
 def session_settings(project: Project) -> SessionSettings:

@@ -12,7 +12,7 @@ from typing import Callable
 import dagster as dg
 
 from vespucci_assets.capture import EVENTS, QUARANTINE
-from vespucci_assets.defs.partitions import PROJECTS
+from vespucci_assets.defs.partitions import PROJECTS, range_run_request
 from vespucci_assets.home import Home
 from vespucci_assets.projects import ProjectError, Registry
 
@@ -67,7 +67,8 @@ def materialize_partitions(
     progress: Callable[[str], None] = lambda _: None,
 ) -> RunSummary:
     """One Dagster run per project covering its days in [start, end] that hold data."""
-    from vespucci_assets.definitions import ASSETS, CHECKS, build_definitions
+    from vespucci_assets.definitions import build_definitions
+    from vespucci_assets.defs.jobs import PARTITIONS_JOB
 
     registry = Registry(home.registry_path)
     projects = [registry.get(p) for p in project_ids] if project_ids else registry.list()
@@ -75,7 +76,7 @@ def materialize_partitions(
         raise ProjectError("no projects yet: add one with `vespucci projects add ID`")
     instance = instance or dagster_instance(home)
     register_projects(instance, [p.project_id for p in projects])
-    resources = build_definitions(home).resources
+    job = build_definitions(home).resolve_job_def(PARTITIONS_JOB)
     summary = RunSummary()
     for project in projects:
         days = [d for d in days_with_data(home, project.project_id) if (start is None or d >= start) and (end is None or d <= end)]
@@ -84,17 +85,9 @@ def materialize_partitions(
             continue
         first, last = days[0], days[-1]
         progress(f"{project.project_id}: materializing {first} .. {last} ({(last - first).days + 1} day(s)) ...")
-        result = dg.materialize(
-            [*ASSETS, *CHECKS],
-            instance=instance,
-            resources=resources,
-            tags={
-                "dagster/asset_partition_range_start": f"{first.isoformat()}|{project.project_id}",
-                "dagster/asset_partition_range_end": f"{last.isoformat()}|{project.project_id}",
-                "vespucci/project": project.project_id,
-            },
-            run_config=QUIET_RUN_CONFIG,
-            raise_on_error=False,
+        request = range_run_request(project.project_id, first, last, run_key="cli")
+        result = job.execute_in_process(
+            instance=instance, tags=dict(request.tags), run_config=QUIET_RUN_CONFIG, raise_on_error=False
         )
         if not result.success:
             raise MaterializeFailed(f"run {result.run_id} for project {project.project_id} failed: {_failure(result)}")

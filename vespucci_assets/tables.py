@@ -10,6 +10,8 @@ class Column:
     name: str
     type: str
     description: str
+    # Upstream "table.column"s this column is computed from (column lineage in the UI).
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -28,29 +30,29 @@ class Table:
         return [c.name for c in self.columns]
 
 
-def _c(name: str, type_: str, description: str) -> Column:
-    return Column(name, type_, description)
+def _c(name: str, type_: str, description: str, *sources: str) -> Column:
+    return Column(name, type_, description, sources)
 
 
 SESSION_COLUMNS = (
-    _c("project_id", "VARCHAR", "Project (Segment source) slug"),
-    _c("session_date", "DATE", "UTC day of started_at; the partition that owns the session"),
-    _c("session_id", "VARCHAR", "Stable hash of project, device key, method and first member's messageId"),
-    _c("tracking_method", "VARCHAR", "'time' or 'action'"),
-    _c("device_key", "VARCHAR", "anonymousId, or userId when the messages have no anonymousId"),
-    _c("anonymous_id", "VARCHAR", "The device's anonymousId, if it has one"),
-    _c("user_id", "VARCHAR", "Last non-null userId among the session's messages and identity calls in its span"),
-    _c("started_at", "TIMESTAMP", "UTC timestamp of the first member"),
-    _c("ended_at", "TIMESTAMP", "UTC timestamp of the last member"),
-    _c("duration_s", "DOUBLE", "ended_at - started_at in seconds"),
-    _c("event_count", "INTEGER", "Members (track, screen, page) in the session"),
-    _c("screen_count", "INTEGER", "screen and page members"),
-    _c("track_count", "INTEGER", "track members"),
-    _c("first_screen", "VARCHAR", "Name of the first screen/page member"),
-    _c("last_screen", "VARCHAR", "Name of the last screen/page member"),
-    _c("end_reason", "VARCHAR", "time: inactivity|max_duration|open; action: backgrounded|next_open|max_duration|no_end"),
-    _c("is_continuation", "BOOLEAN", "Action-based: continues a foreground span cut by the max duration"),
-    _c("long_activity", "BOOLEAN", "Device active > max duration with no gap over the timeout: cut from the first member seen in the window"),
+    _c("project_id", "VARCHAR", "Project (Segment source) slug", "session_events.project_id"),
+    _c("session_date", "DATE", "UTC day of started_at; the partition that owns the session", "session_events.session_date"),
+    _c("session_id", "VARCHAR", "Stable hash of project, device key, method and first member's messageId", "session_events.session_id"),
+    _c("tracking_method", "VARCHAR", "'time' or 'action'", "session_events.tracking_method"),
+    _c("device_key", "VARCHAR", "anonymousId, or userId when the messages have no anonymousId", "session_events.device_key"),
+    _c("anonymous_id", "VARCHAR", "The device's anonymousId, if it has one", "events.anonymous_id"),
+    _c("user_id", "VARCHAR", "Last non-null userId among the session's messages and identity calls in its span", "events.user_id"),
+    _c("started_at", "TIMESTAMP", "UTC timestamp of the first member", "session_events.timestamp"),
+    _c("ended_at", "TIMESTAMP", "UTC timestamp of the last member", "session_events.timestamp"),
+    _c("duration_s", "DOUBLE", "ended_at - started_at in seconds", "session_events.timestamp"),
+    _c("event_count", "INTEGER", "Members (track, screen, page) in the session", "session_events.message_id"),
+    _c("screen_count", "INTEGER", "screen and page members", "session_events.message_id", "events.type"),
+    _c("track_count", "INTEGER", "track members", "session_events.message_id", "events.type"),
+    _c("first_screen", "VARCHAR", "Name of the first screen/page member", "events.name", "session_events.seq"),
+    _c("last_screen", "VARCHAR", "Name of the last screen/page member", "events.name", "session_events.seq"),
+    _c("end_reason", "VARCHAR", "time: inactivity|max_duration|open; action: backgrounded|next_open|max_duration|no_end", "session_events.end_reason"),
+    _c("is_continuation", "BOOLEAN", "Action-based: continues a foreground span cut by the max duration", "session_events.is_continuation"),
+    _c("long_activity", "BOOLEAN", "Device active > max duration with no gap over the timeout: cut from the first member seen in the window", "session_events.long_activity"),
 )
 
 EVENTS = Table(
@@ -86,15 +88,15 @@ SESSION_EVENTS = Table(
     "session_events",
     "Which members make each session, in session order, for both tracking methods.",
     (
-        _c("project_id", "VARCHAR", "Project slug"),
+        _c("project_id", "VARCHAR", "Project slug", "events.project_id"),
         _c("session_date", "DATE", "Day that owns the session"),
         _c("tracking_method", "VARCHAR", "'time' or 'action'"),
         _c("session_id", "VARCHAR", "Session id"),
-        _c("message_id", "VARCHAR", "Member messageId"),
-        _c("seq", "INTEGER", "1..n in session order"),
-        _c("timestamp", "TIMESTAMP", "Member event time, UTC"),
-        _c("event_date", "DATE", "Member's event day (joins to events)"),
-        _c("device_key", "VARCHAR", "Device key"),
+        _c("message_id", "VARCHAR", "Member messageId", "events.message_id"),
+        _c("seq", "INTEGER", "1..n in session order", "events.timestamp", "events.lifecycle_rank", "events.received_at", "events.message_id"),
+        _c("timestamp", "TIMESTAMP", "Member event time, UTC", "events.timestamp"),
+        _c("event_date", "DATE", "Member's event day (joins to events)", "events.event_date"),
+        _c("device_key", "VARCHAR", "Device key", "events.device_key"),
         _c("end_reason", "VARCHAR", "The session's end_reason"),
         _c("is_continuation", "BOOLEAN", "The session continues a span cut by the max duration"),
         _c("long_activity", "BOOLEAN", "The session's device was active > max duration without a gap"),

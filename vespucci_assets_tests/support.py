@@ -10,7 +10,8 @@ from pathlib import Path
 import duckdb
 
 from vespucci_assets.capture import CaptureStore
-from vespucci_assets.pipeline import build_all, connect_warehouse
+from vespucci_assets.pipeline import build_all
+from vespucci_assets.warehouse import connect_warehouse
 from vespucci_assets.projects import Project
 from vespucci_assets.segment import normalize
 

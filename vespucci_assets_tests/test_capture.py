@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from vespucci_assets.capture import EVENTS, QUARANTINE, CaptureStore
 from vespucci_assets.ingest import build_events
-from vespucci_assets.pipeline import connect_warehouse
+from vespucci_assets.warehouse import connect_warehouse
 from vespucci_assets.segment import normalize
 from vespucci_assets_tests.support import BASE_DAY, at, message
 

@@ -1,16 +1,18 @@
 """Asset checks on every partition: blocking where a failure means wrong data, WARN where it means a suspicious stream."""
 
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from vespucci_assets import quality
-from vespucci_assets.defs.common import DUCKDB_POOL, warehouse
+from vespucci_assets.defs.common import DUCKDB_POOL
 from vespucci_assets.defs.metadata import markdown_table
-from vespucci_assets.defs.partitions import DAY_X_PROJECT, days_by_project
-from vespucci_assets.defs.resources import VespucciHome
+from vespucci_assets.defs.jobs import YESTERDAY_COMPLETE
+from vespucci_assets.defs.partitions import DAY_X_PROJECT, days_by_project, partition_key
+from vespucci_assets.defs.resources import VespucciHome, Warehouse
 from vespucci_assets.pipeline import session_settings
+from vespucci_assets.scheduling import day_due_complete
 from vespucci_assets.projects import Project
 from vespucci_assets.sessionize import ACTION, TIME
 
@@ -48,9 +50,9 @@ def quality_check(asset: str, name: str, measure: Measure, *, blocking: bool, de
         partitions_def=DAY_X_PROJECT,
         pool=DUCKDB_POOL,
     )
-    def _check(context: dg.AssetCheckExecutionContext, duckdb: DuckDBResource, vespucci: VespucciHome) -> dg.AssetCheckResult:
+    def _check(context: dg.AssetCheckExecutionContext, duckdb: Warehouse, vespucci: VespucciHome) -> dg.AssetCheckResult:
         outcomes = []
-        with warehouse(duckdb) as conn:
+        with duckdb.get_connection() as conn:
             for project_id, days in days_by_project(check_partition_keys(context)).items():
                 outcomes.append((project_id, measure(conn, vespucci.project(project_id), days)))
         failed = [(p, o) for p, o in outcomes if not o.passed]
@@ -104,3 +106,33 @@ for _method, _asset in ((TIME, "sessions_time_based"), (ACTION, "sessions_action
                       lambda c, p, d, m=_method: quality.event_count_matches_members(c, p.project_id, d, m),
                       blocking=True, description="event_count equals the session's rows in session_events."),
     ]
+
+COMPLETED_ASSETS = ("sessions_time_based", "sessions_action_based", "sessions", "session_metrics_daily")
+
+
+@dg.asset_check(
+    asset="sessions",
+    name=YESTERDAY_COMPLETE,
+    blocking=False,
+    description="Yesterday's session partitions are materialized for every project (checked hourly, 3 h after midnight UTC).",
+)
+def yesterday_partitions_complete(context: dg.AssetCheckExecutionContext, vespucci: VespucciHome) -> dg.AssetCheckResult:
+    day = day_due_complete(datetime.now(timezone.utc))
+    day_end = datetime.combine(day + timedelta(days=1), datetime.min.time(), timezone.utc).isoformat()
+    # A project created after that day cannot have been due for it.
+    projects = [p.project_id for p in vespucci.registry().list() if p.created_at <= day_end]
+    missing = []
+    for asset in COMPLETED_ASSETS:
+        materialized = context.instance.get_materialized_partitions(dg.AssetKey(asset))
+        missing += [(asset, p) for p in projects if str(partition_key(day, p)) not in materialized]
+    return dg.AssetCheckResult(
+        passed=not missing,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{day}: {len(missing)} missing partition(s) of {len(projects) * len(COMPLETED_ASSETS)}",
+        metadata={
+            "day": day.isoformat(),
+            "projects": len(projects),
+            "missing_partitions": len(missing),
+            "missing": dg.MetadataValue.md(markdown_table(["asset", "project"], missing[: quality.EXAMPLES * 4])),
+        },
+    )

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from vespucci_assets.defs.partitions import DAY_X_PROJECT
-from vespucci_assets.tables import create_schema
 
 DUCKDB_POOL = "duckdb"
 OWNERS = ["team:analytics-engineering"]
@@ -22,10 +17,3 @@ ASSET_DEFAULTS = dict(
     kinds={"duckdb", "sql"},
     owners=OWNERS,
 )
-
-
-@contextlib.contextmanager
-def warehouse(duckdb: DuckDBResource) -> Iterator:
-    with duckdb.get_connection() as conn:
-        create_schema(conn)
-        yield conn

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import date
+from datetime import date, datetime, timezone
 
 import dagster as dg
 
@@ -41,3 +41,21 @@ def days_by_project(partition_keys) -> dict[str, list[date]]:
             day, project_id = str(key).split("|", 1)
         grouped[project_id].append(date.fromisoformat(day))
     return {project_id: sorted(days) for project_id, days in sorted(grouped.items())}
+
+
+def last_day(now: datetime) -> date:
+    """The newest day partition at `now`: today (UTC), by DAYS' end_offset=1."""
+    return now.astimezone(timezone.utc).date()
+
+
+def range_run_request(project_id: str, first: date, last: date, run_key: str, tags: dict | None = None) -> dg.RunRequest:
+    """One run over days [first, last] of one project: single-run backfill, one DuckDB writer."""
+    return dg.RunRequest(
+        run_key=run_key,
+        tags={
+            "dagster/asset_partition_range_start": str(partition_key(first, project_id)),
+            "dagster/asset_partition_range_end": str(partition_key(last, project_id)),
+            "vespucci/project": project_id,
+            **(tags or {}),
+        },
+    )

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 
 from vespucci_assets.capture import CaptureStore
 from vespucci_assets.home import Home
 from vespucci_assets.projects import Project, ProjectError, Registry
+from vespucci_assets.warehouse import DEFAULT_LOCK_TIMEOUT_S, connect_warehouse, writer_lock
 
 
 class VespucciHome(dg.ConfigurableResource):
@@ -17,8 +23,6 @@ class VespucciHome(dg.ConfigurableResource):
 
     @property
     def home(self) -> Home:
-        from pathlib import Path
-
         return Home(Path(self.root))
 
     def registry(self) -> Registry:
@@ -34,8 +38,23 @@ class VespucciHome(dg.ConfigurableResource):
             raise dg.Failure(description=f"{exc}; add it with `vespucci projects add {project_id}`") from None
 
 
+class Warehouse(DuckDBResource):
+    """The DuckDB file, opened by one writer at a time (see `vespucci_assets.warehouse`), schema in place."""
+
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+
+    @contextlib.contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with writer_lock(Path(self.database), self.lock_timeout_s):
+            conn = connect_warehouse(self.database)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+
 def build_resources(home: Home) -> dict:
     return {
         "vespucci": VespucciHome(root=str(home.root)),
-        "duckdb": DuckDBResource(database=str(home.warehouse_path)),
+        "duckdb": Warehouse(database=str(home.warehouse_path)),
     }

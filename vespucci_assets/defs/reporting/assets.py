@@ -1,13 +1,21 @@
 """Reporting: daily session metrics per project and tracking method."""
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
-from vespucci_assets.defs.common import ASSET_DEFAULTS, warehouse
-from vespucci_assets.defs.metadata import asset_metadata, partition_metadata
+from vespucci_assets.defs.common import ASSET_DEFAULTS
+from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, preview
 from vespucci_assets.defs.partitions import days_by_project
+from vespucci_assets.defs.resources import Warehouse
 from vespucci_assets.reporting import build_metrics
 from vespucci_assets.tables import SESSION_METRICS_DAILY
+
+CHOSEN = "FILTER (WHERE x.is_chosen_method)"
+METRIC_FIGURES = {
+    "dagster/row_count": "count(x.tracking_method)",
+    "sessions": f"coalesce(sum(x.sessions) {CHOSEN}, 0)::BIGINT",
+    "bounce_rate": f"any_value(x.bounce_rate) {CHOSEN}",
+    "action_coverage": "any_value(x.action_coverage)",
+}
 
 
 @dg.asset(
@@ -18,13 +26,14 @@ from vespucci_assets.tables import SESSION_METRICS_DAILY
     deps=["sessions", "session_events"],
     **ASSET_DEFAULTS,
 )
-def session_metrics_daily_asset(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def session_metrics_daily_asset(context: dg.AssetExecutionContext, duckdb: Warehouse) -> dg.MaterializeResult:
     """Sessions, devices, users, durations, bounce, orphans and coverage per day and method."""
     partitions = days_by_project(context.partition_keys)
-    with warehouse(duckdb) as conn:
+    with duckdb.get_connection() as conn:
         for project_id, days in partitions.items():
             build_metrics(conn, project_id, days)
-        metadata = partition_metadata(
+        add_daily_figures(context, conn, SESSION_METRICS_DAILY.name, SESSION_METRICS_DAILY.date_column, partitions, METRIC_FIGURES)
+        metadata = preview(
             conn, SESSION_METRICS_DAILY, partitions,
             ["session_date", "tracking_method", "sessions", "median_duration_s", "bounce_rate", "orphan_events", "action_coverage"],
         )

@@ -3,19 +3,31 @@
 from datetime import timedelta
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
-from vespucci_assets.defs.common import ASSET_DEFAULTS, warehouse
-from vespucci_assets.defs.metadata import asset_metadata, partition_metadata
+from vespucci_assets.defs.common import ASSET_DEFAULTS
+from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, preview
 from vespucci_assets.defs.partitions import NEIGHBOUR_DAYS, days_by_project
-from vespucci_assets.defs.resources import VespucciHome
+from vespucci_assets.defs.resources import VespucciHome, Warehouse
 from vespucci_assets.pipeline import session_settings
-from vespucci_assets.reporting import SESSION_TABLES, build_chosen_sessions, build_method_sessions
+from vespucci_assets.reporting import build_chosen_sessions, build_method_sessions
 from vespucci_assets.sessionize import ACTION, TIME, build_session_events
-from vespucci_assets.tables import CHOSEN_SESSIONS, SESSION_EVENTS, SESSIONS_ACTION_BASED, SESSIONS_TIME_BASED
+from vespucci_assets.tables import CHOSEN_SESSIONS, METHOD_CHOICE, SESSION_EVENTS, SESSIONS_ACTION_BASED, SESSIONS_TIME_BASED
 
-SESSION_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30))
+# Yesterday's sessions close once today's events are in: a day and a few hours of slack.
+SESSION_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30), warn_window=timedelta(hours=26))
 SESSION_PREVIEW = ["session_date", "device_key", "user_id", "started_at", "duration_s", "event_count", "end_reason"]
+SESSION_FIGURES = {
+    "dagster/row_count": "count(x.session_id)",
+    "sessions": "count(x.session_id)",
+    "median_duration_s": "median(x.duration_s)",
+    "events_per_session": "avg(x.event_count)",
+}
+SESSION_EVENTS_FIGURES = {"dagster/row_count": "count(x.message_id)"}
+METHOD_CHOICE_FIGURES = {
+    "orphan_events": "coalesce(sum(x.members - x.members_in_spans), 0)::BIGINT",
+    "orphan_rate": "sum(x.members - x.members_in_spans) / nullif(sum(x.members), 0)",
+    "action_coverage": "any_value(x.action_coverage)",
+}
 
 
 @dg.asset(
@@ -27,24 +39,17 @@ SESSION_PREVIEW = ["session_date", "device_key", "user_id", "started_at", "durat
     **ASSET_DEFAULTS,
 )
 def session_events_asset(
-    context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: DuckDBResource
+    context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: Warehouse
 ) -> dg.MaterializeResult:
     """Which members make each session (both methods), orphans, and the auto method choice."""
     partitions = days_by_project(context.partition_keys)
-    orphans = members = 0
-    with warehouse(duckdb) as conn:
+    with duckdb.get_connection() as conn:
         for project_id, days in partitions.items():
-            stats = build_session_events(conn, project_id, days, session_settings(vespucci.project(project_id)))
-            orphans += stats.orphan_events
-            members += stats.members
-        metadata = partition_metadata(conn, SESSION_EVENTS, partitions, ["session_date", "tracking_method", "session_id", "seq", "timestamp"])
-    return dg.MaterializeResult(
-        metadata={
-            **metadata,
-            "orphan_events": dg.MetadataValue.int(orphans),
-            "orphan_rate": dg.MetadataValue.float(orphans / members if members else 0.0),
-        }
-    )
+            build_session_events(conn, project_id, days, session_settings(vespucci.project(project_id)))
+        add_daily_figures(context, conn, SESSION_EVENTS.name, SESSION_EVENTS.date_column, partitions, SESSION_EVENTS_FIGURES)
+        add_daily_figures(context, conn, METHOD_CHOICE.name, METHOD_CHOICE.date_column, partitions, METHOD_CHOICE_FIGURES)
+        metadata = preview(conn, SESSION_EVENTS, partitions, ["session_date", "tracking_method", "session_id", "seq", "timestamp"])
+    return dg.MaterializeResult(metadata=metadata)
 
 
 def _method_sessions_asset(method: str, table):
@@ -57,19 +62,14 @@ def _method_sessions_asset(method: str, table):
         freshness_policy=SESSION_FRESHNESS,
         **ASSET_DEFAULTS,
     )
-    def _asset(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    def _asset(context: dg.AssetExecutionContext, duckdb: Warehouse) -> dg.MaterializeResult:
         partitions = days_by_project(context.partition_keys)
-        with warehouse(duckdb) as conn:
-            sessions = sum(build_method_sessions(conn, project_id, days, method) for project_id, days in partitions.items())
-            metadata = partition_metadata(conn, table, partitions, SESSION_PREVIEW)
-            median = _median_duration(conn, SESSION_TABLES[method], partitions)
-        return dg.MaterializeResult(
-            metadata={
-                **metadata,
-                "sessions": dg.MetadataValue.int(sessions),
-                "median_duration_s": dg.MetadataValue.float(median),
-            }
-        )
+        with duckdb.get_connection() as conn:
+            for project_id, days in partitions.items():
+                build_method_sessions(conn, project_id, days, method)
+            add_daily_figures(context, conn, table.name, table.date_column, partitions, SESSION_FIGURES)
+            metadata = preview(conn, table, partitions, SESSION_PREVIEW)
+        return dg.MaterializeResult(metadata=metadata)
 
     return _asset
 
@@ -82,36 +82,20 @@ sessions_action_based_asset = _method_sessions_asset(ACTION, SESSIONS_ACTION_BAS
     name="sessions",
     group_name="sessions",
     description="Sessions of each project's chosen tracking method, plus resolved_user_id (a view over chosen_sessions).",
-    metadata=asset_metadata(CHOSEN_SESSIONS),
+    metadata=asset_metadata(CHOSEN_SESSIONS, same_columns_of=(SESSIONS_TIME_BASED.name, SESSIONS_ACTION_BASED.name)),
     deps=["sessions_time_based", "sessions_action_based", "session_events"],
     freshness_policy=SESSION_FRESHNESS,
     **ASSET_DEFAULTS,
 )
-def sessions_asset(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def sessions_asset(context: dg.AssetExecutionContext, duckdb: Warehouse) -> dg.MaterializeResult:
     """The chosen method per project (auto: per day) and user resolution at query time."""
     partitions = days_by_project(context.partition_keys)
-    used: dict[str, int] = {}
-    with warehouse(duckdb) as conn:
+    with duckdb.get_connection() as conn:
         for project_id, days in partitions.items():
-            for method, count in build_chosen_sessions(conn, project_id, days).items():
-                used[method] = used.get(method, 0) + count
-        metadata = partition_metadata(conn, CHOSEN_SESSIONS, partitions, ["tracking_method", *SESSION_PREVIEW])
-    return dg.MaterializeResult(
-        metadata={**metadata, **{f"{method}_sessions": dg.MetadataValue.int(n) for method, n in sorted(used.items())}}
-    )
-
-
-def _median_duration(conn, table: str, partitions) -> float:
-    values = []
-    for project_id, days in partitions.items():
-        conn.execute(
-            "CREATE OR REPLACE TEMP TABLE target_days AS SELECT unnest($d::DATE[]) AS target_date", {"d": days}
+            build_chosen_sessions(conn, project_id, days)
+        add_daily_figures(
+            context, conn, CHOSEN_SESSIONS.name, CHOSEN_SESSIONS.date_column, partitions,
+            {**SESSION_FIGURES, "action_sessions": "count(x.session_id) FILTER (WHERE x.tracking_method = 'action')"},
         )
-        values.append(
-            conn.execute(
-                f"SELECT median(duration_s) FROM {table} WHERE project_id = $p AND session_date IN (SELECT target_date FROM target_days)",
-                {"p": project_id},
-            ).fetchone()[0]
-        )
-    present = [v for v in values if v is not None]
-    return float(sum(present) / len(present)) if present else 0.0
+        metadata = preview(conn, CHOSEN_SESSIONS, partitions, ["tracking_method", *SESSION_PREVIEW])
+    return dg.MaterializeResult(metadata=metadata)

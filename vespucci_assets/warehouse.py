@@ -1,0 +1,81 @@
+"""The DuckDB warehouse file: one writer at a time, across threads, processes and runs.
+
+DuckDB lets a single process open a file for writing. Every Vespucci writer takes an
+exclusive lock on `<file>.lock` first and holds it while its connection is open, so
+steps of concurrent runs (or of one multiprocess run) wait their turn instead of
+failing on DuckDB's own lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+
+from vespucci_assets.tables import create_schema
+
+DEFAULT_LOCK_TIMEOUT_S = 3600.0
+# Someone else's process (a notebook, the duckdb CLI) may hold the file for a moment.
+FOREIGN_LOCK_WAIT_S = 30.0
+
+
+class WarehouseUnavailable(RuntimeError):
+    """The warehouse could not be opened for writing; the message says why and what to do."""
+
+
+@contextlib.contextmanager
+def writer_lock(path: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _wait(lambda: _try_flock(fd), timeout_s,
+              f"the warehouse {path} has been busy with another Vespucci writer for {timeout_s:g} s")
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _wait(attempt, timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    pause = 0.01
+    while not attempt():
+        if time.monotonic() >= deadline:
+            raise WarehouseUnavailable(message)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+
+
+def connect_warehouse(path: Path | str, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse for writing (callers hold `writer_lock`) with every table created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opened: list[duckdb.DuckDBPyConnection] = []
+
+    def attempt() -> bool:
+        try:
+            opened.append(duckdb.connect(str(path)))
+            return True
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise WarehouseUnavailable(f"cannot open the warehouse {path}: {str(exc).splitlines()[0]}") from None
+            return False
+
+    _wait(attempt, FOREIGN_LOCK_WAIT_S, f"the warehouse {path} is held open by another program; close it and retry")
+    conn = opened[0]
+    if memory_limit:
+        conn.execute(f"SET memory_limit = '{memory_limit}'")
+    create_schema(conn)
+    return conn
