@@ -228,8 +228,10 @@ def orphan_rate_and_method_fit(conn, project_id: str, days: list[date]) -> Check
         """,
         {"p": project_id},
     ).fetchone()
-    coverage = in_spans / members if members else 0.0
-    orphan_rate = orphans / members if members else 0.0
+    if not members:
+        return CheckOutcome(True, 0.0, "no members")
+    coverage = in_spans / members
+    orphan_rate = orphans / members
     advice = ""
     if configured == ACTION and coverage < 0.8:
         advice = f"; only {coverage:.0%} of members are inside Opened..Backgrounded spans: consider --tracking-method time"

@@ -37,7 +37,6 @@ def dagster_instance(home: Home) -> dg.DagsterInstance:
     config = dagster_home / "dagster.yaml"
     if not config.exists():
         shutil.copyfile(INSTANCE_TEMPLATE, config)
-    os.environ.setdefault("DAGSTER_HOME", str(dagster_home))
     return dg.DagsterInstance.from_config(str(dagster_home))
 
 

@@ -4,6 +4,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 
 from vespucci_assets import quality
 from vespucci_assets.defs.common import DUCKDB_POOL
@@ -40,6 +41,7 @@ def check_partition_keys(context: dg.AssetCheckExecutionContext) -> list[str]:
 
 
 def quality_check(asset: str, name: str, measure: Measure, *, blocking: bool, description: str) -> dg.AssetChecksDefinition:
+    """A check evaluated per (day, project) partition, so the UI shows each day's own result even in a ranged run."""
     severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
 
     @dg.asset_check(
@@ -50,24 +52,42 @@ def quality_check(asset: str, name: str, measure: Measure, *, blocking: bool, de
         partitions_def=DAY_X_PROJECT,
         pool=DUCKDB_POOL,
     )
-    def _check(context: dg.AssetCheckExecutionContext, duckdb: Warehouse, vespucci: VespucciHome) -> dg.AssetCheckResult:
-        outcomes = []
+    def _check(context: dg.AssetCheckExecutionContext, duckdb: Warehouse, vespucci: VespucciHome):
         with duckdb.get_connection() as conn:
             for project_id, days in days_by_project(check_partition_keys(context)).items():
-                outcomes.append((project_id, measure(conn, vespucci.project(project_id), days)))
-        failed = [(p, o) for p, o in outcomes if not o.passed]
-        examples = [(p, *row) for p, o in failed for row in o.examples][: quality.EXAMPLES]
-        return dg.AssetCheckResult(
-            passed=not failed,
-            severity=severity,
-            description="; ".join(f"{p}: {o.summary}" for p, o in outcomes),
-            metadata={
-                "figure": dg.MetadataValue.float(float(max((o.figure for _, o in outcomes), default=0.0))),
-                "examples": dg.MetadataValue.md(markdown_table(["project", "..."], [(e[0], ", ".join(map(str, e[1:]))) for e in examples])),
-            },
-        )
+                project = vespucci.project(project_id)
+                for day in days:
+                    outcome = measure(conn, project, [day])
+                    yield dg.AssetCheckEvaluation(
+                        asset_key=dg.AssetKey(asset),
+                        check_name=name,
+                        passed=outcome.passed,
+                        severity=severity,
+                        blocking=blocking,
+                        description=outcome.summary,
+                        partition=str(partition_key(day, project_id)),
+                        target_materialization_data=_latest_materialization(context, asset, partition_key(day, project_id)),
+                        metadata={
+                            "figure": dg.MetadataValue.float(float(outcome.figure)),
+                            "examples": dg.MetadataValue.md(markdown_table(["example"], [(", ".join(map(str, row)),) for row in outcome.examples])),
+                        },
+                    )
+        # The check op's own output; the evaluations above are its results.
+        yield dg.Output(None)
 
     return _check
+
+
+def _latest_materialization(context: dg.AssetCheckExecutionContext, asset: str, key) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """Ties a partition's evaluation to the materialization it checked, as Dagster does for single-partition runs."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[str(key)]), limit=1
+    ).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp
+    )
 
 
 def _settings(project: Project):
