@@ -14,6 +14,7 @@ files, which no later append ever extends. Readers take only complete lines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -109,7 +110,7 @@ class CaptureWriter:
 
     def __init__(self, store: CaptureStore):
         self.store = store
-        self.writer_id = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{secrets.token_hex(3)}"
+        self.writer_id = _new_writer_id()
         self._fds: dict[Path, int] = {}
         self._pending: list[tuple[list[tuple[Path, bytes]], dict]] = []
         self._lock = threading.Lock()
@@ -174,7 +175,16 @@ class CaptureWriter:
                 os.fsync(fd)
             return None
         except OSError as exc:
+            # A failed write may have left part of a line behind: never append after it.
+            self._start_new_files()
             return exc
+
+    def _start_new_files(self) -> None:
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self.writer_id = _new_writer_id()
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
@@ -195,6 +205,10 @@ class CaptureWriter:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+
+def _new_writer_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{secrets.token_hex(3)}"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,10 +1,13 @@
 """The capture store: durable appends, torn tails never read, concurrent writers."""
 
+import errno
 import os
 import threading
 from datetime import datetime, timezone
 
-from vespucci_assets.capture import EVENTS, QUARANTINE, CaptureStore
+import pytest
+
+from vespucci_assets.capture import EVENTS, QUARANTINE, CaptureStore, CaptureUnavailable
 from vespucci_assets.ingest import build_events
 from vespucci_assets.warehouse import connect_warehouse
 from vespucci_assets.segment import normalize
@@ -73,3 +76,26 @@ def test_concurrent_appends_share_fsyncs_and_lose_nothing(tmp_path, monkeypatch)
     assert sorted(ids) == sorted(f"t{n}-{i}" for n in range(n_threads) for i in range(per_thread))
     appends = per_thread * n_threads
     assert len(fsyncs) < appends, f"{len(fsyncs)} fsyncs for {appends} appends: no group commit"
+
+
+def test_a_failed_write_is_not_acknowledged_and_never_extended(tmp_path, monkeypatch):
+    """Disk full half-way through a line: that append fails (503 at the intake), later ones go to a new file."""
+    store = CaptureStore(tmp_path)
+    writer = store.writer()
+    writer.append("acme", [normalize(message("screen:A", at("10:00"), message_id="before"), RECEIVED)])
+    real_write = os.write
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(CaptureUnavailable, match="No space left"):
+        writer.append("acme", [normalize(message("screen:B", at("10:01"), message_id="lost"), RECEIVED)])
+    monkeypatch.setattr(os, "write", real_write)
+    writer.append("acme", [normalize(message("screen:C", at("10:02"), message_id="after"), RECEIVED)])
+
+    assert len(store.files("acme", EVENTS, [BASE_DAY])) == 2
+    assert [r["message_id"] for r in store.read_records("acme", EVENTS, [BASE_DAY])] == ["before", "after"]
+    conn = connect_warehouse(tmp_path / "w.duckdb")
+    assert build_events(conn, store, "acme", [BASE_DAY]).events == 2
