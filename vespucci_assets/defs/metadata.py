@@ -76,8 +76,10 @@ def _metadata_number(value) -> dg.MetadataValue:
     return dg.MetadataValue.float(float(value or 0.0))
 
 
-def preview(conn, table: Table, partitions: dict[str, list[date]], columns: list[str]) -> dict:
-    """A markdown preview of the rows these partitions wrote."""
+def materialization_metadata(
+    conn, table: Table, partitions: dict[str, list[date]], columns: list[str], same_columns_of: tuple[str, ...] = ()
+) -> dict:
+    """A markdown preview of the rows these partitions wrote, and the column lineage the UI reads from materializations."""
     rows: list[tuple] = []
     for project_id, days in partitions.items():
         if len(rows) >= PREVIEW_ROWS:
@@ -88,7 +90,11 @@ def preview(conn, table: Table, partitions: dict[str, list[date]], columns: list
             f"AND {table.date_column} IN (SELECT target_date FROM target_days) LIMIT {PREVIEW_ROWS}",
             {"p": project_id},
         ).fetchall()
-    return {"preview": dg.MetadataValue.md(markdown_table(columns, rows[:PREVIEW_ROWS]))}
+    metadata = {"preview": dg.MetadataValue.md(markdown_table(columns, rows[:PREVIEW_ROWS]))}
+    lineage = column_lineage(table, same_columns_of)
+    if lineage.deps_by_column:
+        metadata["dagster/column_lineage"] = lineage
+    return metadata
 
 
 def markdown_table(columns: list[str], rows: list[tuple]) -> str:

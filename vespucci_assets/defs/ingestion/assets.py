@@ -3,7 +3,7 @@
 import dagster as dg
 
 from vespucci_assets.defs.common import ASSET_DEFAULTS
-from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, preview
+from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, materialization_metadata
 from vespucci_assets.defs.partitions import days_by_project
 from vespucci_assets.defs.resources import VespucciHome, Warehouse
 from vespucci_assets.ingest import build_events, build_quarantine
@@ -34,7 +34,7 @@ def events_asset(context: dg.AssetExecutionContext, vespucci: VespucciHome, duck
             stats = build_events(conn, vespucci.capture_store(), project_id, days)
             context.log.info(f"{project_id}: {len(days)} day(s), {stats.events} events, {stats.duplicates} duplicates")
         add_daily_figures(context, conn, EVENTS.name, EVENTS.date_column, partitions, EVENT_FIGURES)
-        metadata = preview(conn, EVENTS, partitions, ["event_date", "type", "event", "name", "device_key", "timestamp"])
+        metadata = materialization_metadata(conn, EVENTS, partitions, ["event_date", "type", "event", "name", "device_key", "timestamp"])
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -54,5 +54,5 @@ def quarantined_events_asset(
         for project_id, days in partitions.items():
             build_quarantine(conn, vespucci.capture_store(), project_id, days)
         add_daily_figures(context, conn, QUARANTINED_EVENTS.name, QUARANTINED_EVENTS.date_column, partitions, QUARANTINE_FIGURES)
-        metadata = preview(conn, QUARANTINED_EVENTS, partitions, ["received_at", "reason", "raw"])
+        metadata = materialization_metadata(conn, QUARANTINED_EVENTS, partitions, ["received_at", "reason", "raw"])
     return dg.MaterializeResult(metadata=metadata)

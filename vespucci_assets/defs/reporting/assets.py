@@ -3,7 +3,7 @@
 import dagster as dg
 
 from vespucci_assets.defs.common import ASSET_DEFAULTS
-from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, preview
+from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, materialization_metadata
 from vespucci_assets.defs.partitions import days_by_project
 from vespucci_assets.defs.resources import Warehouse
 from vespucci_assets.reporting import build_metrics
@@ -33,7 +33,7 @@ def session_metrics_daily_asset(context: dg.AssetExecutionContext, duckdb: Wareh
         for project_id, days in partitions.items():
             build_metrics(conn, project_id, days)
         add_daily_figures(context, conn, SESSION_METRICS_DAILY.name, SESSION_METRICS_DAILY.date_column, partitions, METRIC_FIGURES)
-        metadata = preview(
+        metadata = materialization_metadata(
             conn, SESSION_METRICS_DAILY, partitions,
             ["session_date", "tracking_method", "sessions", "median_duration_s", "bounce_rate", "orphan_events", "action_coverage"],
         )

@@ -5,7 +5,7 @@ from datetime import timedelta
 import dagster as dg
 
 from vespucci_assets.defs.common import ASSET_DEFAULTS
-from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, preview
+from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, materialization_metadata
 from vespucci_assets.defs.partitions import NEIGHBOUR_DAYS, days_by_project
 from vespucci_assets.defs.resources import VespucciHome, Warehouse
 from vespucci_assets.pipeline import session_settings
@@ -15,6 +15,7 @@ from vespucci_assets.tables import CHOSEN_SESSIONS, METHOD_CHOICE, SESSION_EVENT
 
 # Yesterday's sessions close once today's events are in: a day and a few hours of slack.
 SESSION_FRESHNESS = dg.FreshnessPolicy.time_window(fail_window=timedelta(hours=30), warn_window=timedelta(hours=26))
+CHOSEN_FROM = (SESSIONS_TIME_BASED.name, SESSIONS_ACTION_BASED.name)
 SESSION_PREVIEW = ["session_date", "device_key", "user_id", "started_at", "duration_s", "event_count", "end_reason"]
 SESSION_FIGURES = {
     "dagster/row_count": "count(x.session_id)",
@@ -48,7 +49,7 @@ def session_events_asset(
             build_session_events(conn, project_id, days, session_settings(vespucci.project(project_id)))
         add_daily_figures(context, conn, SESSION_EVENTS.name, SESSION_EVENTS.date_column, partitions, SESSION_EVENTS_FIGURES)
         add_daily_figures(context, conn, METHOD_CHOICE.name, METHOD_CHOICE.date_column, partitions, METHOD_CHOICE_FIGURES)
-        metadata = preview(conn, SESSION_EVENTS, partitions, ["session_date", "tracking_method", "session_id", "seq", "timestamp"])
+        metadata = materialization_metadata(conn, SESSION_EVENTS, partitions, ["session_date", "tracking_method", "session_id", "seq", "timestamp"])
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -68,7 +69,7 @@ def _method_sessions_asset(method: str, table):
             for project_id, days in partitions.items():
                 build_method_sessions(conn, project_id, days, method)
             add_daily_figures(context, conn, table.name, table.date_column, partitions, SESSION_FIGURES)
-            metadata = preview(conn, table, partitions, SESSION_PREVIEW)
+            metadata = materialization_metadata(conn, table, partitions, SESSION_PREVIEW)
         return dg.MaterializeResult(metadata=metadata)
 
     return _asset
@@ -82,7 +83,7 @@ sessions_action_based_asset = _method_sessions_asset(ACTION, SESSIONS_ACTION_BAS
     name="sessions",
     group_name="sessions",
     description="Sessions of each project's chosen tracking method, plus resolved_user_id (a view over chosen_sessions).",
-    metadata=asset_metadata(CHOSEN_SESSIONS, same_columns_of=(SESSIONS_TIME_BASED.name, SESSIONS_ACTION_BASED.name)),
+    metadata=asset_metadata(CHOSEN_SESSIONS, CHOSEN_FROM),
     deps=["sessions_time_based", "sessions_action_based", "session_events"],
     freshness_policy=SESSION_FRESHNESS,
     **ASSET_DEFAULTS,
@@ -97,5 +98,7 @@ def sessions_asset(context: dg.AssetExecutionContext, duckdb: Warehouse) -> dg.M
             context, conn, CHOSEN_SESSIONS.name, CHOSEN_SESSIONS.date_column, partitions,
             {**SESSION_FIGURES, "action_sessions": "count(x.session_id) FILTER (WHERE x.tracking_method = 'action')"},
         )
-        metadata = preview(conn, CHOSEN_SESSIONS, partitions, ["tracking_method", *SESSION_PREVIEW])
+        metadata = materialization_metadata(
+            conn, CHOSEN_SESSIONS, partitions, ["tracking_method", *SESSION_PREVIEW], CHOSEN_FROM
+        )
     return dg.MaterializeResult(metadata=metadata)
