@@ -6,7 +6,7 @@ import dagster as dg
 
 from vespucci_assets.defs.checks import CHECKS, yesterday_partitions_complete
 from vespucci_assets.defs.ingestion.assets import events_asset, quarantined_events_asset
-from vespucci_assets.defs.ingestion.sensors import new_capture_data_sensor
+from vespucci_assets.defs.ingestion.sensors import new_capture_data_sensor, warehouse_late_rows_sensor
 from vespucci_assets.defs.jobs import completeness_job, partitions_job
 from vespucci_assets.defs.reporting.assets import session_metrics_daily_asset
 from vespucci_assets.defs.resources import build_resources
@@ -36,7 +36,7 @@ def build_definitions(home: Home) -> dg.Definitions:
         asset_checks=[*CHECKS, yesterday_partitions_complete],
         jobs=[partitions_job, completeness_job],
         schedules=[daily_sessions_schedule, completeness_schedule],
-        sensors=[new_capture_data_sensor],
+        sensors=[new_capture_data_sensor, warehouse_late_rows_sensor],
         resources=build_resources(home),
     )
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from vespucci_assets.capture import EVENTS, QUARANTINE, CaptureStore
+from vespucci_assets.segment_warehouse import SegmentWarehouse
 from vespucci_assets.sql_utils import delete_days, set_target_days, sorted_days, sql_string_list, transaction, window_days
 from vespucci_assets.tables import EVENTS as EVENTS_TABLE
 
@@ -57,13 +58,21 @@ def _read_json_sql(files, columns: dict[str, str]) -> str:
     )
 
 
-def build_events(conn, store: CaptureStore, project_id: str, days: list[date]) -> EventsStats:
-    """Replace `events` for these days: dedupe on messageId (first ingested copy wins)."""
+def build_events(conn, source: CaptureStore | SegmentWarehouse, project_id: str, days: list[date]) -> EventsStats:
+    """Replace `events` for these days from the capture store or the project's Segment warehouse.
+
+    Dedupe on messageId: the first copy received wins. A duplicate may carry a slightly
+    different timestamp, so the days either side are read for earlier copies. A warehouse is
+    read before anything is deleted: a failing read leaves the partition as it was.
+    """
     days = sorted_days(days)
-    # A duplicate may carry a slightly different timestamp: look one day either side for earlier copies.
-    files = store.files(project_id, EVENTS, window_days(days))
+    window = window_days(days)
+    if isinstance(source, SegmentWarehouse):
+        source = source.stage(conn, window[0], window[-1])
+    else:
+        files = source.files(project_id, EVENTS, window)
+        source = _read_json_sql(files, CAPTURED_COLUMNS) if files else _empty_source(CAPTURED_COLUMNS)
     set_target_days(conn, days)
-    source = _read_json_sql(files, CAPTURED_COLUMNS) if files else _empty_source(CAPTURED_COLUMNS)
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE first_copies AS

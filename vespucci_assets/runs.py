@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -14,10 +14,14 @@ import dagster as dg
 from vespucci_assets.capture import EVENTS, QUARANTINE
 from vespucci_assets.defs.partitions import PROJECTS, range_run_request
 from vespucci_assets.home import Home
-from vespucci_assets.projects import ProjectError, Registry
+from vespucci_assets.projects import Project, ProjectError, Registry
+from vespucci_assets.segment_warehouse import SegmentWarehouse
 
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+FAILURE_PREFIX = f"{dg.Failure.__module__}.{dg.Failure.__name__}: "
 
 
 class MaterializeFailed(RuntimeError):
@@ -43,11 +47,14 @@ def dagster_instance(home: Home) -> dg.DagsterInstance:
 INSTANCE_TEMPLATE = Path(__file__).resolve().parent.parent / "dagster.yaml"
 
 
-def days_with_data(home: Home, project_id: str) -> list[date]:
+def days_with_data(home: Home, project: Project) -> list[date]:
     from vespucci_assets.capture import CaptureStore
+    from vespucci_assets.pipeline import event_source
 
     store = CaptureStore(home.capture_dir)
-    return sorted(set(store.days(project_id, EVENTS)) | set(store.days(project_id, QUARANTINE)))
+    source = event_source(project, store)
+    event_days = source.event_days() if isinstance(source, SegmentWarehouse) else store.days(project.project_id, EVENTS)
+    return sorted(set(event_days) | set(store.days(project.project_id, QUARANTINE)))
 
 
 def register_projects(instance: dg.DagsterInstance, project_ids: list[str]) -> None:
@@ -78,7 +85,11 @@ def materialize_partitions(
     job = build_definitions(home).resolve_job_def(PARTITIONS_JOB)
     summary = RunSummary()
     for project in projects:
-        days = [d for d in days_with_data(home, project.project_id) if (start is None or d >= start) and (end is None or d <= end)]
+        if project.source == "warehouse" and start and end:
+            # The run reads the warehouse itself (and fails clearly if it cannot); no need to ask it first.
+            days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+        else:
+            days = [d for d in days_with_data(home, project) if (start is None or d >= start) and (end is None or d <= end)]
         if not days:
             progress(f"{project.project_id}: no data in range, nothing to do")
             continue
@@ -102,5 +113,7 @@ def _failure(result) -> str:
             error = event.step_failure_data.error
             while error.cause is not None and error.message.startswith("Error occurred while executing"):
                 error = error.cause
-            return f"{event.step_key}: {error.message.strip().splitlines()[0]}"
+            message = error.message.strip().splitlines()[0]
+            # A dg.Failure's description is already the whole story.
+            return f"{event.step_key}: {message.removeprefix(FAILURE_PREFIX)}"
     return "see the run in the Dagster UI"

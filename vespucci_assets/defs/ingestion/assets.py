@@ -7,6 +7,8 @@ from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, mat
 from vespucci_assets.defs.partitions import days_by_project
 from vespucci_assets.defs.resources import VespucciHome, Warehouse
 from vespucci_assets.ingest import build_events, build_quarantine
+from vespucci_assets.pipeline import event_source
+from vespucci_assets.segment_warehouse import WarehouseSourceError
 from vespucci_assets.tables import EVENTS, QUARANTINED_EVENTS
 
 EVENT_FIGURES = {
@@ -30,8 +32,11 @@ def events_asset(context: dg.AssetExecutionContext, vespucci: VespucciHome, duck
     partitions = days_by_project(context.partition_keys)
     with duckdb.get_connection() as conn:
         for project_id, days in partitions.items():
-            vespucci.project(project_id)
-            stats = build_events(conn, vespucci.capture_store(), project_id, days)
+            source = event_source(vespucci.project(project_id), vespucci.capture_store())
+            try:
+                stats = build_events(conn, source, project_id, days)
+            except WarehouseSourceError as exc:
+                raise dg.Failure(description=str(exc)) from None
             context.log.info(f"{project_id}: {len(days)} day(s), {stats.events} events, {stats.duplicates} duplicates")
         add_daily_figures(context, conn, EVENTS.name, EVENTS.date_column, partitions, EVENT_FIGURES)
         metadata = materialization_metadata(conn, EVENTS, partitions, ["event_date", "type", "event", "name", "device_key", "timestamp"])

@@ -11,6 +11,7 @@ from vespucci_assets.defs.partitions import PROJECTS, last_day, range_run_reques
 from vespucci_assets.defs.resources import VespucciHome
 from vespucci_assets.scheduling import changed_days, stale_ranges
 from vespucci_assets.segment import FIRST_DAY
+from vespucci_assets.segment_warehouse import SegmentWarehouse, WarehouseSourceError
 
 NEW_CAPTURE_DATA_SENSOR = "new_capture_data"
 
@@ -51,3 +52,36 @@ def new_capture_data_sensor(context: dg.SensorEvaluationContext, vespucci: Vespu
 
 def _digest(sizes: dict[str, int]) -> str:
     return hashlib.sha1(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:12]
+
+
+WAREHOUSE_LATE_ROWS_SENSOR = "warehouse_late_rows"
+
+
+@dg.sensor(
+    name=WAREHOUSE_LATE_ROWS_SENSOR,
+    job=partitions_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="For projects reading their Segment warehouse: rows loaded since the last tick (by received_at) "
+    "re-run their timestamp days with neighbours.",
+)
+def warehouse_late_rows_sensor(context: dg.SensorEvaluationContext, vespucci: VespucciHome) -> dg.SensorResult:
+    loaded_until = json.loads(context.cursor) if context.cursor else {}
+    today = last_day(datetime.now(timezone.utc))
+    run_requests = []
+    for project in vespucci.registry().list():
+        if project.source != "warehouse":
+            continue
+        since = loaded_until.get(project.project_id)
+        try:
+            days, newest = SegmentWarehouse.for_project(project).changed_days(datetime.fromisoformat(since) if since else None)
+        except WarehouseSourceError as exc:
+            context.log.warning(str(exc))
+            continue
+        if newest is not None:
+            loaded_until[project.project_id] = newest.isoformat()
+        for first, last in stale_ranges(days, FIRST_DAY, today):
+            run_requests.append(
+                range_run_request(project.project_id, first, last, run_key=f"warehouse:{project.project_id}:{first}:{last}:{newest}")
+            )
+    return dg.SensorResult(run_requests=run_requests, cursor=json.dumps(loaded_until, sort_keys=True))
