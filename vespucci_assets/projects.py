@@ -18,10 +18,13 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 TRACKING_METHODS = ("action", "time", "auto")
 SOURCES = ("webhook", "warehouse")
+WAREHOUSE_SCHEMES = ("postgresql", "postgres", "redshift", "duckdb")
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MIN_TIMEOUT_MINUTES = 1
 MAX_TIMEOUT_MINUTES = 24 * 60
 MAX_SESSION_HOURS = 24
@@ -58,6 +61,7 @@ class Project:
         data = asdict(self)
         data.pop("api_key_hashes")
         data["webhook_secret"] = "set" if self.webhook_secret else None
+        data["warehouse_url"] = redact_url(self.warehouse_url)
         data["api_keys"] = len(self.api_key_hashes)
         return data
 
@@ -86,9 +90,23 @@ def validate_settings(project: Project) -> Project:
         raise ProjectError("max session duration must not be shorter than the session timeout")
     if project.source not in SOURCES:
         raise ProjectError(f"invalid source {project.source!r}: use one of {', '.join(SOURCES)}")
-    if project.source == "warehouse" and not project.warehouse_url:
-        raise ProjectError("a warehouse source needs --warehouse-url")
+    if project.source == "warehouse":
+        if not project.warehouse_url or not project.warehouse_schema:
+            raise ProjectError("a warehouse source needs --warehouse-url and --warehouse-schema")
+        if urlsplit(project.warehouse_url).scheme not in WAREHOUSE_SCHEMES:
+            raise ProjectError(f"invalid --warehouse-url {redact_url(project.warehouse_url)!r}: use postgresql://... or duckdb:///path")
     return project
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL without its password (a ${VAR} reference is kept: it names, not holds, the secret)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None or ENV_REFERENCE.fullmatch(parts.password):
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Registry:

@@ -15,12 +15,13 @@ from the environment, so credentials never sit in the registry; they are never p
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+
+from vespucci_assets.projects import ENV_REFERENCE, WAREHOUSE_SCHEMES, redact_url
 
 TABLE_TYPES = {"tracks": "track", "screens": "screen", "pages": "page", "identifies": "identify", "groups": "group", "aliases": "alias"}
 MEMBER_TABLES = ("tracks", "screens", "pages")
@@ -32,7 +33,6 @@ SEGMENT_COLUMNS = {
 }
 TRAIT_TABLES = ("identifies", "groups")
 STAGED = "warehouse_rows"
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 JSON_PAIRS_PER_CALL = 50  # Postgres functions take at most 100 arguments
 
 
@@ -61,10 +61,10 @@ class SegmentWarehouse:
     @property
     def kind(self) -> str:
         scheme = urlsplit(self.url).scheme
-        if scheme in ("postgresql", "postgres", "redshift"):
-            return "postgres"
         if scheme == "duckdb":
             return "duckdb"
+        if scheme in WAREHOUSE_SCHEMES:
+            return "postgres"
         raise self._error(f"unsupported warehouse URL scheme {scheme!r}: use postgresql://... or duckdb:///path")
 
     def resolved_url(self) -> str:
@@ -77,11 +77,7 @@ class SegmentWarehouse:
         return ENV_REFERENCE.sub(value, self.url)
 
     def redacted_url(self) -> str:
-        parts = urlsplit(self.url)
-        if parts.password is None:
-            return self.url
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        return redact_url(self.url)
 
     def _error(self, what: str) -> WarehouseSourceError:
         return WarehouseSourceError(f"project {self.project_id!r}: warehouse {self.redacted_url()}: {what}")

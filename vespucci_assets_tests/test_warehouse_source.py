@@ -211,3 +211,28 @@ def _events(home: Home) -> list[tuple]:
 def test_missing_url_is_a_clear_error():
     with pytest.raises(WarehouseSourceError, match="has no --warehouse-url"):
         SegmentWarehouse.for_project(replace(shop(), source="warehouse"))
+
+
+def test_cli_configures_a_warehouse_project_and_never_prints_its_password(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VESPUCCI_HOME": str(tmp_path / "home")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "vespucci_assets.cli", *args], env=env, capture_output=True, text=True)
+
+    added = cli("projects", "add", "wh", "--source", "warehouse", "--warehouse-url", "postgresql://seg:hunter2@db.internal/segment",
+                "--warehouse-schema", "ios")
+    assert added.returncode == 0, added.stderr
+    shown = cli("projects", "show", "wh", "--json")
+    assert json.loads(shown.stdout)["warehouse_url"] == "postgresql://seg:***@db.internal/segment"
+    assert "hunter2" not in shown.stdout + cli("projects", "list", "--json").stdout
+    moved = cli("projects", "set", "wh", "--warehouse-url", "duckdb:///data/segment.duckdb", "--warehouse-schema", "android")
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(cli("projects", "show", "wh", "--json").stdout)["warehouse_schema"] == "android"
+    bad = cli("projects", "add", "wh2", "--source", "warehouse", "--warehouse-url", "mysql://x/y", "--warehouse-schema", "s")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        "vespucci: error: invalid --warehouse-url 'mysql://x/y': use postgresql://... or duckdb:///path"]
