@@ -92,7 +92,9 @@ class InvalidMessage(ValueError):
 def format_ts(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is several times faster than strftime on the intake's hot path; same text.
+    utc = value if value.tzinfo is timezone.utc else value.astimezone(timezone.utc)
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_ts(value, field: str) -> datetime | None:
