@@ -8,7 +8,7 @@ there, so `timestamp` is used as it is. Rows are pulled per partition window wit
 DuckDB temp table of the capture store's shape, so `events` is built by the same SQL.
 
 URLs: `postgresql://user:${PGPASSWORD}@host:5432/db` (Segment's Postgres warehouse;
-Redshift speaks the same protocol) or `duckdb:///path/to/file.duckdb`. `${NAME}` is taken
+properties and context are assembled with `jsonb`, which Redshift lacks) or `duckdb:///path/to/file.duckdb`. `${NAME}` is taken
 from the environment, so credentials never sit in the registry; they are never printed.
 """
 
