@@ -36,12 +36,25 @@ GOOD_STREAM = app_visit("dev-1", "09:00", "a") + app_visit("dev-1", "14:00", "b"
 
 
 @pytest.fixture
-def built(tmp_path):
-    pipeline = Pipeline(tmp_path / "p")
-    pipeline.capture("acme", GOOD_STREAM, received_at=at("20:00"))
-    pipeline.build(project("action"), DAYS)
-    yield pipeline
-    pipeline.close()
+def good(tmp_path):
+    """Makes pipelines holding GOOD_STREAM built with a tracking method; tests capture more and rebuild."""
+    opened: list[Pipeline] = []
+
+    def make(method: str = "action") -> Pipeline:
+        pipe = Pipeline(tmp_path / f"p{len(opened)}")
+        opened.append(pipe)
+        pipe.capture("acme", GOOD_STREAM, received_at=at("20:00"))
+        pipe.build(project(method), DAYS)
+        return pipe
+
+    yield make
+    for pipe in opened:
+        pipe.close()
+
+
+@pytest.fixture
+def built(good):
+    return good("action")
 
 
 def assert_fails(outcome: quality.CheckOutcome, fragment: str) -> None:
@@ -65,20 +78,15 @@ def test_unique_message_ids(built):
     assert outcome.examples[0][0] == "a-home"
 
 
-def test_quarantine_rate(tmp_path):
-    pipe = Pipeline(tmp_path / "q")
-    try:
-        pipe.capture("acme", GOOD_STREAM, received_at=at("20:00"))
-        pipe.build(project("action"), DAYS)
-        assert quality.quarantine_rate(pipe.conn, "acme", DAYS).passed
-        # Two messages without any id: quarantined, 2 of 14 messages = 14 %.
-        pipe.capture("acme", [{"type": "track", "event": "x", "timestamp": "2026-11-20T10:00:00Z"}] * 2, received_at=at("20:00"))
-        pipe.build(project("action"), DAYS)
-        outcome = quality.quarantine_rate(pipe.conn, "acme", DAYS)
-        assert_fails(outcome, "2 quarantined of 14 messages")
-        assert outcome.figure == pytest.approx(2 / 14)
-    finally:
-        pipe.close()
+def test_quarantine_rate(good):
+    pipe = good("action")
+    assert quality.quarantine_rate(pipe.conn, "acme", DAYS).passed
+    # Two messages without any id: quarantined, 2 of 14 messages = 14 %.
+    pipe.capture("acme", [{"type": "track", "event": "x", "timestamp": "2026-11-20T10:00:00Z"}] * 2, received_at=at("20:00"))
+    pipe.build(project("action"), DAYS)
+    outcome = quality.quarantine_rate(pipe.conn, "acme", DAYS)
+    assert_fails(outcome, "2 quarantined of 14 messages")
+    assert outcome.figure == pytest.approx(2 / 14)
 
 
 def test_members_conserved(built):
@@ -163,46 +171,31 @@ def test_action_session_shape(built):
     assert outcome.examples[0] == (sid, 1, BACKGROUNDED)
 
 
-def test_orphan_rate_and_method_fit(tmp_path):
-    pipe = Pipeline(tmp_path / "o")
-    try:
-        pipe.capture("acme", GOOD_STREAM, received_at=at("20:00"))
-        pipe.build(project("action"), DAYS)
-        assert quality.orphan_rate_and_method_fit(pipe.conn, "acme", DAYS).passed
-        # A web-like stream (no lifecycle events) on an action project: every member is an orphan.
-        pages = [message("page:Docs", at("15:00") + timedelta(minutes=k), device="web-1", message_id=f"p{k}") for k in range(40)]
-        pipe.capture("acme", pages, received_at=at("20:00"))
-        pipe.build(project("action"), DAYS)
-        outcome = quality.orphan_rate_and_method_fit(pipe.conn, "acme", DAYS)
-        assert_fails(outcome, "consider --tracking-method time")
-        assert outcome.figure == pytest.approx(40 / 52)
-    finally:
-        pipe.close()
+def test_orphan_rate_and_method_fit(good):
+    pipe = good("action")
+    assert quality.orphan_rate_and_method_fit(pipe.conn, "acme", DAYS).passed
+    # A web-like stream (no lifecycle events) on an action project: every member is an orphan.
+    pages = [message("page:Docs", at("15:00") + timedelta(minutes=k), device="web-1", message_id=f"p{k}") for k in range(40)]
+    pipe.capture("acme", pages, received_at=at("20:00"))
+    pipe.build(project("action"), DAYS)
+    outcome = quality.orphan_rate_and_method_fit(pipe.conn, "acme", DAYS)
+    assert_fails(outcome, "consider --tracking-method time")
+    assert outcome.figure == pytest.approx(40 / 52)
 
 
-def test_time_project_with_lifecycle_stream_is_advised_to_use_action(tmp_path):
-    pipe = Pipeline(tmp_path / "t")
-    try:
-        pipe.capture("acme", GOOD_STREAM, received_at=at("20:00"))
-        pipe.build(project("time"), DAYS)
-        assert_fails(quality.orphan_rate_and_method_fit(pipe.conn, "acme", DAYS), "consider --tracking-method action")
-    finally:
-        pipe.close()
+def test_time_project_with_lifecycle_stream_is_advised_to_use_action(good):
+    pipe = good("time")
+    assert_fails(quality.orphan_rate_and_method_fit(pipe.conn, "acme", DAYS), "consider --tracking-method action")
 
 
-def test_long_activity_devices(tmp_path):
-    pipe = Pipeline(tmp_path / "l")
-    try:
-        pipe.capture("acme", GOOD_STREAM, received_at=at("20:00"))
-        pipe.build(project("time"), DAYS)
-        assert quality.long_activity_devices(pipe.conn, "acme", DAYS).passed
-        # A kiosk screen every 20 minutes from 00:00 for 26 hours never pauses for the timeout.
-        kiosk = [message("screen:Menu", at("00:00") + timedelta(minutes=20 * k), device="kiosk", message_id=f"k{k}")
-                 for k in range(26 * 3)]
-        pipe.capture("acme", kiosk, received_at=at("20:00", 1))
-        pipe.build(project("time"), DAYS)
-        outcome = quality.long_activity_devices(pipe.conn, "acme", DAYS)
-        assert_fails(outcome, "1 devices active for more than the max duration")
-        assert ("time", "kiosk") in outcome.examples
-    finally:
-        pipe.close()
+def test_long_activity_devices(good):
+    pipe = good("time")
+    assert quality.long_activity_devices(pipe.conn, "acme", DAYS).passed
+    # A kiosk screen every 20 minutes from 00:00 for 26 hours never pauses for the timeout.
+    kiosk = [message("screen:Menu", at("00:00") + timedelta(minutes=20 * k), device="kiosk", message_id=f"k{k}")
+             for k in range(26 * 3)]
+    pipe.capture("acme", kiosk, received_at=at("20:00", 1))
+    pipe.build(project("time"), DAYS)
+    outcome = quality.long_activity_devices(pipe.conn, "acme", DAYS)
+    assert_fails(outcome, "1 devices active for more than the max duration")
+    assert ("time", "kiosk") in outcome.examples
