@@ -386,6 +386,9 @@ def test_schedules_and_sensor_are_running_by_default(webserver):
                                                 "executionTimezone": "UTC", "pipelineName": COMPLETENESS_JOB,
                                                 "scheduleState": {"status": "RUNNING"}}
     sensors = {s["name"]: s for s in repositories[0]["sensors"]}
-    assert sensors == {"new_capture_data": {"name": "new_capture_data", "minIntervalSeconds": 60,
-                                            "targets": [{"pipelineName": PARTITIONS_JOB}],
-                                            "sensorState": {"status": "RUNNING"}}}
+    assert sensors == {
+        "new_capture_data": {"name": "new_capture_data", "minIntervalSeconds": 60,
+                             "targets": [{"pipelineName": PARTITIONS_JOB}], "sensorState": {"status": "RUNNING"}},
+        "warehouse_late_rows": {"name": "warehouse_late_rows", "minIntervalSeconds": 300,
+                                "targets": [{"pipelineName": PARTITIONS_JOB}], "sensorState": {"status": "RUNNING"}},
+    }
