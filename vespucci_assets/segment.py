@@ -6,11 +6,14 @@ or a `Rejection` that says why it must be quarantined. Knows nothing of storage.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+
+import orjson
 
 MESSAGE_TYPES = ("track", "screen", "page", "identify", "group", "alias")
 MEMBER_TYPES = ("track", "screen", "page")
@@ -103,13 +106,22 @@ def parse_ts(value, field: str) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise InvalidMessage(f"{field} must be an ISO-8601 string")
+    parsed = _parse_iso(value)
+    if parsed is None:
+        raise InvalidMessage(f"{field} is not an ISO-8601 timestamp: {value[:40]!r}")
+    return parsed
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_iso(value: str) -> datetime | None:
+    """Cached: every message of a batch repeats the batch's sentAt."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidMessage(f"{field} is not an ISO-8601 timestamp: {value[:40]!r}") from None
+        return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
@@ -170,18 +182,40 @@ def normalize(
     default_type: str | None = None,
 ) -> CapturedMessage | Rejection:
     """Validate one Segment call and compute its event time per SPEC section 3."""
+    raw_json = _compact_json(raw)
     try:
-        raw_text = json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        raw_text = repr(raw)
-    try:
-        if len(raw_text.encode("utf-8")) > MAX_MESSAGE_BYTES:
+        if raw_json is None:
+            raise InvalidMessage("message is not encodable as UTF-8 JSON (a lone surrogate, or nested too deep)")
+        if len(raw_json) > MAX_MESSAGE_BYTES:
             raise InvalidMessage(f"message larger than {MAX_MESSAGE_BYTES // 1024} KB")
         if not isinstance(raw, dict):
             raise InvalidMessage("message is not a JSON object")
         return _normalize(merge_envelope(raw, envelope), received_at, envelope or {}, default_type)
     except InvalidMessage as exc:
-        return Rejection(reason=str(exc), raw=raw_text, received_at=received_at)
+        return Rejection(reason=str(exc), raw=_raw_text(raw_json, raw), received_at=received_at)
+
+
+def _compact_json(value) -> bytes | None:
+    """The message as compact UTF-8 JSON, whose size the 32 KB limit counts; None if it has none.
+
+    orjson first, as this runs for every message; json for what orjson refuses (integers over 64 bits).
+    """
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except (orjson.JSONEncodeError, TypeError):
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+        except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+            return None
+
+
+def _raw_text(raw_json: bytes | None, raw) -> str:
+    if raw_json is not None:
+        return raw_json.decode("utf-8")
+    try:
+        return json.dumps(raw, ensure_ascii=True, separators=(",", ":"), default=str)
+    except (ValueError, RecursionError):
+        return repr(raw)[:MAX_MESSAGE_BYTES]
 
 
 def _normalize(message: dict, server_time: datetime, envelope: dict, default_type: str | None) -> CapturedMessage:

@@ -289,7 +289,7 @@ QUARANTINED = {
     "not-an-object": (42, "not a JSON object"),
     "far-future": (track("q-future", timestamp="2999-01-01T00:00:00Z"), "more than 24 h"),
     "dates-out-of-range": (track("q-range", timestamp="0001-01-01T00:00:00Z", sentAt="9999-12-31T00:00:00Z"), "unusable"),
-    "lone-surrogate": (track("q-surrogate", event="\ud800"), "unusable"),
+    "lone-surrogate": (track("q-surrogate", event="\ud800"), "not encodable as UTF-8 JSON"),
     "over-32-kb": (track("q-big", properties={"blob": "x" * 33_000}), "larger than 32 KB"),
 }
 
