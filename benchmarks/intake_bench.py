@@ -14,7 +14,7 @@ normalize_all and CaptureWriter.append, which fsyncs), in as many processes as t
 intake has workers, with 4 threads in all (the 4-client level) so that group commit applies.
 
 Usage:
-    .venv/bin/python benchmarks/intake_bench.py                # one worker per core
+    .venv/bin/python benchmarks/intake_bench.py                # cores + 1 workers
     .venv/bin/python benchmarks/intake_bench.py --workers 1 --client-lib requests
     .venv/bin/python benchmarks/intake_bench.py --workers 1 --profile   # cProfile, figures then skewed
 
@@ -645,8 +645,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per level (default 5)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each window (default 1)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="intake worker processes (default: one per core, as in production)")
+    parser.add_argument("--workers", type=int, default=(os.cpu_count() or 1) + 1,
+                        help="intake worker processes (default: cores + 1, as recommended in the README: a worker "
+                             "waiting on fsync or its GIL leaves a core to the spare one)")
     parser.add_argument("--batch-size", type=int, default=100, help="messages per request (default 100)")
     parser.add_argument("--clients", default="1,4,16", help="client counts, comma-separated (default 1,4,16)")
     parser.add_argument("--client-mode", choices=("process", "thread"), default="process",
