@@ -146,8 +146,9 @@ def _list(values) -> str:
     return "[" + ", ".join(_lit(v) for v in values) + "]"
 
 
-def generate_store(root: Path, events: int, devices: int, seed: int, memory_limit: str) -> dict:
-    """Write exactly `events` capture-store lines for the 'bench' project under root; returns a summary."""
+def generate_store(root: Path, events: int, devices: int, seed: int, memory_limit: str,
+                   project_id: str = PROJECT.project_id, days: int = DAYS) -> dict:
+    """Write exactly `events` capture-store lines for `project_id` over `days` days under root; returns a summary."""
     base_messages = events - round(events * DUPLICATE_RATE)
     duplicates = events - base_messages
     work = root.parent / "generator-tmp"
@@ -220,7 +221,7 @@ def generate_store(root: Path, events: int, devices: int, seed: int, memory_limi
         CREATE TABLE device_days AS
         SELECT d, k::INTEGER AS k, [2, 3, 4, 5, 6, 7, 8, 9, 10][1 + floor({u('visits', 'd', 'k')} * 9)::INTEGER] AS n_v,
                {u('wake', 'd', 'k')} AS r_wake, {u('day_end', 'd', 'k')} AS r_end
-        FROM devices, range({DAYS}) AS r(k)
+        FROM devices, range({days}) AS r(k)
         WHERE (install_day IS NULL OR k >= install_day) AND {u('skip_day', 'd', 'k')} >= 0.12
         """
     )
@@ -416,11 +417,11 @@ def generate_store(root: Path, events: int, devices: int, seed: int, memory_limi
                                           'total', prod.price, 'revenue', prod.price, 'currency', 'EUR')
             WHEN 'promotion' THEN json_object('promotion_id', 'promo-' || r4)
         END"""
-    days = [row[0] for row in conn.execute("SELECT DISTINCT day_no FROM stream ORDER BY 1").fetchall()]
+    day_numbers = [row[0] for row in conn.execute("SELECT DISTINCT day_no FROM stream ORDER BY 1").fetchall()]
     written = 0
-    for day_no in days:
+    for day_no in day_numbers:
         day = date(1970, 1, 1) + timedelta(days=day_no)
-        folder = root / PROJECT.project_id / EVENTS / day.isoformat()
+        folder = root / project_id / EVENTS / day.isoformat()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"bench-{day.isoformat()}.ndjson"
         ts = "strftime(make_timestamp({}), '" + TS_FORMAT + "')"
@@ -468,7 +469,7 @@ def generate_store(root: Path, events: int, devices: int, seed: int, memory_limi
             """
         ).fetchone(),
     ))
-    summary.update(lines=written, duplicates=duplicates, days=len(days),
+    summary.update(lines=written, duplicates=duplicates, days=len(day_numbers),
                    journey_adjust=round(conn.execute("SELECT avg(m - m_base) FROM visits").fetchone()[0], 2))
     conn.close()
     shutil.rmtree(work, ignore_errors=True)
@@ -477,16 +478,17 @@ def generate_store(root: Path, events: int, devices: int, seed: int, memory_limi
     return summary
 
 
-def _generate_child(root: str, events: int, devices: int, seed: int, memory_limit: str, out) -> None:
-    out.send(generate_store(Path(root), events, devices, seed, memory_limit))
+def _generate_child(root: str, events: int, devices: int, seed: int, memory_limit: str, project_id: str, days: int, out) -> None:
+    out.send(generate_store(Path(root), events, devices, seed, memory_limit, project_id, days))
     out.close()
 
 
-def generate_in_child(root: Path, events: int, devices: int, seed: int, memory_limit: str) -> dict:
+def generate_in_child(root: Path, events: int, devices: int, seed: int, memory_limit: str,
+                      project_id: str = PROJECT.project_id, days: int = DAYS) -> dict:
     """The generator runs in its own process, so its memory does not count in this one's peak RSS."""
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_generate_child, args=(str(root), events, devices, seed, memory_limit, send))
+    child = ctx.Process(target=_generate_child, args=(str(root), events, devices, seed, memory_limit, project_id, days, send))
     child.start()
     send.close()
     try:

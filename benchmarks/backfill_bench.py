@@ -1,0 +1,113 @@
+"""A backfill of many days for several projects: one Dagster run per project, and Dagster's share of it.
+
+Default: 3 projects x 30 days x 1,000,000 events a day, generated into the capture store by
+the sessionize benchmark's DuckDB generator. The same days are then computed twice from the
+same capture store:
+
+- the plain pipeline (`pipeline.build_all`: the same SQL, no orchestrator) into one DuckDB file;
+- `vespucci materialize`'s path (`runs.materialize_partitions`: one real Dagster run per
+  project, a single-run backfill of all its days, every asset and every partition check)
+  into another, recorded in a real Dagster instance.
+
+Dagster overhead = (Dagster wall time - plain wall time) / Dagster wall time. The partition
+checks run only in the Dagster runs, so their time counts as overhead here: an upper bound.
+Both warehouses must hold the same sessions. The last line is machine-readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import duckdb  # noqa: E402
+
+from sessionize_bench import EVENTS_PER_DEVICE, generate_in_child  # noqa: E402
+from vespucci_assets.capture import CaptureStore  # noqa: E402
+from vespucci_assets.home import Home  # noqa: E402
+from vespucci_assets.pipeline import build_all  # noqa: E402
+from vespucci_assets.projects import Project, Registry  # noqa: E402
+from vespucci_assets.runs import dagster_instance, materialize_partitions  # noqa: E402
+from vespucci_assets.warehouse import connect_warehouse  # noqa: E402
+
+COMPARED = ("sessions_time_based", "sessions_action_based", "chosen_sessions", "session_metrics_daily")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--projects", type=int, default=3)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--events-per-day", type=int, default=1_000_000)
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed afterwards")
+    args = parser.parse_args()
+    os.environ.pop("DAGSTER_HOME", None)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vespucci-backfill-"))
+    try:
+        home = Home(workdir / "home").ensure()
+        registry = Registry(home.registry_path)
+        projects = [Project(project_id=f"app-{i}", name=f"App {i}", tracking_method="auto") for i in range(args.projects)]
+        events = args.events_per_day * args.days
+        started = time.perf_counter()
+        for i, project in enumerate(projects):
+            registry.add(project)
+            generate_in_child(home.capture_dir, events, max(1, events // (EVENTS_PER_DEVICE * args.days // 7)), seed=11 + i,
+                              memory_limit="6GB", project_id=project.project_id, days=args.days)
+        generated_s = time.perf_counter() - started
+        store = CaptureStore(home.capture_dir)
+        days = sorted({d for p in projects for d in store.days(p.project_id)})
+        print(f"{args.projects} projects x {len(days)} days, {events * args.projects:,} events "
+              f"({events:,} per project), generated in {generated_s:.0f} s", flush=True)
+
+        plain = {}
+        conn = connect_warehouse(workdir / "plain.duckdb")
+        for project in projects:
+            t0 = time.perf_counter()
+            build_all(conn, store, project, store.days(project.project_id))
+            plain[project.project_id] = time.perf_counter() - t0
+            print(f"  plain pipeline {project.project_id}: {plain[project.project_id]:.1f} s", flush=True)
+        conn.close()
+
+        t0 = time.perf_counter()
+        summary = materialize_partitions(home, progress=lambda line: print(f"  dagster {line}", flush=True))
+        dagster_s = time.perf_counter() - t0
+        instance = dagster_instance(home)
+        run_s = {}
+        for run_id in summary.runs:
+            stats = instance.get_run_stats(run_id)
+            run_s[instance.get_run_by_id(run_id).tags["vespucci/project"]] = stats.end_time - stats.start_time
+
+        with duckdb.connect(str(workdir / "plain.duckdb"), read_only=True) as a, \
+                duckdb.connect(str(home.warehouse_path), read_only=True) as b:
+            for table in COMPARED:
+                left = a.execute(f"SELECT count(*), count(DISTINCT session_date) FROM {table}").fetchone()
+                right = b.execute(f"SELECT count(*), count(DISTINCT session_date) FROM {table}").fetchone()
+                assert left == right, (table, left, right)
+            sessions = b.execute("SELECT count(*) FROM sessions").fetchone()[0]
+
+        plain_s = sum(plain.values())
+        overhead = (dagster_s - plain_s) / dagster_s
+        print()
+        print(f"{'project':<8} {'plain s':>9} {'run s':>9}")
+        for project in projects:
+            print(f"{project.project_id:<8} {plain[project.project_id]:>9.1f} {run_s.get(project.project_id, 0):>9.1f}")
+        print(f"{'total':<8} {plain_s:>9.1f} {dagster_s:>9.1f}   (Dagster: {len(summary.runs)} runs, "
+              f"{summary.partitions} day partitions, wall time incl. launching)")
+        print(f"sessions: {sessions:,}; identical session counts in both warehouses for {', '.join(COMPARED)}")
+        print(f"backfill_wall_s={dagster_s:.1f} dagster_overhead={overhead:.3f} runs={len(summary.runs)} "
+              f"events={events * args.projects} events_per_s={events * args.projects / dagster_s:.0f}")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
