@@ -290,3 +290,56 @@ def test_two_runs_launched_at_the_same_moment_both_succeed(tmp_path):
     runs = s.instance.get_runs()
     assert len(runs) == 2 and all(r.is_success for r in runs)
     assert s.rows("SELECT project_id, count(*) FROM sessions GROUP BY 1 ORDER BY 1") == [("acme", 2), ("beta", 1)]
+
+
+def _session(s: Setup, method: str, first_member: str) -> str:
+    return s.rows(f"SELECT session_id FROM session_events WHERE tracking_method = '{method}' AND message_id = '{first_member}'")[0][0]
+
+
+# (asset, check, how a bug would break the asset's rows, an asset downstream of it)
+BLOCKING_CASES = [
+    ("events", "unique_message_ids",
+     "INSERT INTO events SELECT * REPLACE (event_date + 2 AS event_date) FROM events WHERE message_id = 'a-1'", "session_events"),
+    ("session_events", "members_conserved",
+     "DELETE FROM session_events WHERE tracking_method = 'time' AND message_id = 'b-2'", "sessions_time_based"),
+    ("session_events", "no_member_in_two_sessions",
+     "INSERT INTO session_events SELECT * REPLACE ('other' AS session_id) FROM session_events WHERE message_id = 'a-1'",
+     "sessions_action_based"),
+    *[(f"sessions_{m}_based", check, sql.format(table=f"sessions_{m}_based", m=m), "sessions")
+      for m in ("time", "action")
+      for check, sql in (
+          ("no_overlapping_sessions", "UPDATE {table} SET ended_at = ended_at + INTERVAL 7 HOUR WHERE session_id = '{{a_{m}}}'"),
+          ("session_bounds", "UPDATE {table} SET ended_at = started_at - INTERVAL 1 SECOND WHERE session_id = '{{a_{m}}}'"),
+          ("event_count_matches_members", "UPDATE {table} SET event_count = event_count + 1 WHERE session_id = '{{a_{m}}}'"),
+      )],
+    ("sessions_time_based", "time_gap_rules",
+     "UPDATE session_events SET session_id = '{a_time}' WHERE tracking_method = 'time' AND session_id = '{b_time}'", "sessions"),
+    ("sessions_action_based", "action_session_shape",
+     "UPDATE session_events SET seq = CASE message_id WHEN 'a-3' THEN 1 WHEN 'a-0' THEN 4 ELSE seq END "
+     "WHERE tracking_method = 'action' AND session_id = '{a_action}'", "sessions"),
+]
+
+
+@pytest.mark.parametrize("asset, check, corruption, downstream", BLOCKING_CASES, ids=[f"{a}.{c}" for a, c, _, _ in BLOCKING_CASES])
+def test_each_blocking_check_fails_on_broken_rows_and_blocks_downstream(tmp_path, asset, check, corruption, downstream):
+    from vespucci_assets.definitions import ASSETS
+    from vespucci_assets.defs.checks import CHECKS
+
+    s = Setup(tmp_path / "home", ("acme", "action"))
+    s.capture("acme", visit("a", D[1]) + visit("b", D[1], "15:00"))
+    assert s.run("acme", D[1]).success
+    ids = {f"{p}_{m}": _session(s, m, f"{p}-0") for p in ("a", "b") for m in ("time", "action")}
+    with duckdb.connect(str(s.home.warehouse_path)) as conn:
+        conn.execute(corruption.format(**ids))
+    before = len(s.instance.fetch_materializations(dg.AssetKey(downstream), limit=10).records)
+
+    # The asset's checks, and what is downstream of it, as a re-run after the bug would execute them.
+    selection = dg.AssetSelection.checks_for_assets(asset) | dg.AssetSelection.assets(asset).downstream(include_self=False)
+    result = dg.materialize([*ASSETS, *CHECKS], selection=selection, instance=s.instance, resources=s.defs.resources,
+                            partition_key=key(D[1]), run_config=QUIET_RUN_CONFIG, raise_on_error=False)
+
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [(e.asset_key.path[0], e.check_name) for e in failed if e.check_name == check] == [(asset, check)]
+    assert all(e.severity == dg.AssetCheckSeverity.ERROR for e in failed if e.check_name == check)
+    assert not result.success
+    assert len(s.instance.fetch_materializations(dg.AssetKey(downstream), limit=10).records) == before
