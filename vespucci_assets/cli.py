@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import warnings
-from dataclasses import replace
 from datetime import date
 
 from vespucci_assets.home import Home

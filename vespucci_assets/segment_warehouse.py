@@ -15,6 +15,7 @@ from the environment, so credentials never sit in the registry; they are never p
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone

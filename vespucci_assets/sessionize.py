@@ -109,7 +109,7 @@ def build_session_events(conn, project_id: str, days: list[date], settings: Sess
 
 def _window_members(conn, params: dict) -> None:
     conn.execute(
-        f"""
+        """
         CREATE OR REPLACE TEMP TABLE window_members AS
         SELECT t.target_date, e.device_key, e.message_id, e.event_date, e.type, e.event, e.lifecycle_rank,
                e.received_at, epoch_us(e.timestamp) AS ts_us,

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import hmac
 import json
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 

@@ -17,7 +17,7 @@ from vespucci_assets.definitions import build_definitions
 from vespucci_assets.defs.checks import COMPLETED_ASSETS
 from vespucci_assets.defs.ingestion.sensors import new_capture_data_sensor
 from vespucci_assets.defs.jobs import COMPLETENESS_JOB, PARTITIONS_JOB, YESTERDAY_COMPLETE
-from vespucci_assets.defs.partitions import PROJECTS, partition_key, range_run_request
+from vespucci_assets.defs.partitions import partition_key, range_run_request
 from vespucci_assets.defs.resources import VespucciHome
 from vespucci_assets.defs.sessions.schedules import daily_sessions_schedule
 from vespucci_assets.home import Home

@@ -97,10 +97,6 @@ def _latest_materialization(context: dg.AssetCheckExecutionContext, asset: str, 
     )
 
 
-def _settings(project: Project):
-    return session_settings(project)
-
-
 CHECKS = [
     quality_check("events", UNIQUE_MESSAGE_IDS, lambda c, p, d: quality.unique_message_ids(c, p.project_id, d),
                   blocking=True, description="One row per (project, messageId) across all days."),
@@ -116,7 +112,7 @@ CHECKS = [
                   blocking=False, rate=True, description="Orphan rate and whether the other tracking method fits the stream better."),
     quality_check("session_events", LONG_ACTIVITY_DEVICES, lambda c, p, d: quality.long_activity_devices(c, p.project_id, d),
                   blocking=False, description="Devices active for more than the max duration with no gap over the timeout."),
-    quality_check("sessions_time_based", TIME_GAP_RULES, lambda c, p, d: quality.time_gap_rules(c, p.project_id, d, _settings(p)),
+    quality_check("sessions_time_based", TIME_GAP_RULES, lambda c, p, d: quality.time_gap_rules(c, p.project_id, d, session_settings(p)),
                   blocking=True, description="Gaps inside a session <= timeout; between sessions > timeout unless cut."),
     quality_check("sessions_action_based", ACTION_SESSION_SHAPE, lambda c, p, d: quality.action_session_shape(c, p.project_id, d),
                   blocking=True, description="Starts with Opened (or Installed/Updated then Opened) unless continued; Backgrounded only last."),
@@ -127,7 +123,7 @@ for _method, _asset in ((TIME, "sessions_time_based"), (ACTION, "sessions_action
                       lambda c, p, d, m=_method: quality.no_overlapping_sessions(c, p.project_id, d, m),
                       blocking=True, description="Sessions of one device never overlap."),
         quality_check(_asset, SESSION_BOUNDS,
-                      lambda c, p, d, m=_method: quality.session_bounds(c, p.project_id, d, m, _settings(p)),
+                      lambda c, p, d, m=_method: quality.session_bounds(c, p.project_id, d, m, session_settings(p)),
                       blocking=True, description="started_at <= ended_at <= started_at + max duration, owned by its start day."),
         quality_check(_asset, EVENT_COUNT_MATCHES_MEMBERS,
                       lambda c, p, d, m=_method: quality.event_count_matches_members(c, p.project_id, d, m),
