@@ -23,12 +23,9 @@ def build_method_sessions(conn, project_id: str, days: list[date], method: str) 
         f"""
         CREATE OR REPLACE TEMP TABLE summarized AS
         WITH members AS (
-            SELECT se.*, e.type, e.event, e.name, e.anonymous_id, e.user_id, e.lifecycle_rank, e.received_at
-            FROM session_events AS se
-            JOIN events AS e
-              ON e.project_id = se.project_id AND e.event_date = se.event_date AND e.message_id = se.message_id
-            WHERE se.project_id = $project_id AND se.tracking_method = $method
-              AND se.session_date IN (SELECT target_date FROM target_days)
+            SELECT * FROM session_events
+            WHERE project_id = $project_id AND tracking_method = $method
+              AND session_date IN (SELECT target_date FROM target_days)
         ),
         summary AS (
             SELECT project_id, session_date, session_id, device_key,

@@ -1,9 +1,16 @@
 """Sessionization in DuckDB SQL (SPEC sections 4-8), for one project and a set of days.
 
-Each target day D is computed only from the events of D-1, D and D+1 (its window),
-and keeps the sessions that start on D, so a day's rows never depend on which other
-days are computed with it. Several days are done in one set-based pass by giving
-every event one row per window it falls in.
+Each target day D is defined by the events of D-1, D and D+1 only (its window): the
+sessions that start on D, computed from that window, so a day's rows never depend on
+which other days are computed with it.
+
+Computing every window on its own would sort every member three times. Instead the
+members of all the windows are ordered once and cut into time chains and action spans
+over the whole range. A chain or span no longer than the max duration lies inside the
+window of its start day, so the whole-range result is that window's result. Only where
+the window could see something else (a chain or span longer than the max duration, or
+an Installed just before midnight whose Opened falls outside the window) is the
+(day, device) recomputed from its own window, with the per-window rules below.
 """
 
 from __future__ import annotations
@@ -12,14 +19,18 @@ from dataclasses import dataclass
 from datetime import date
 
 from vespucci_assets.sql_utils import delete_days, set_target_days, sorted_days, transaction
+from vespucci_assets.tables import SESSION_EVENTS
 
 TIME = "time"
 ACTION = "action"
 METHODS = (TIME, ACTION)
 AUTO_ACTION_THRESHOLD = 0.8
 PRE_OPEN_WINDOW_US = 5_000_000
+DAY_US = 86_400_000_000
 
 ORDER_KEY = "ts_us, lifecycle_rank, received_at, message_id"
+# Carried into session_events with each member (see tables.SESSION_EVENTS).
+MEMBER_FIELDS = "type, event, name, anonymous_id, user_id, lifecycle_rank, received_at"
 
 
 @dataclass(frozen=True)
@@ -45,36 +56,42 @@ class SessionEventsStats:
     members: int
 
 
-def build_session_events(conn, project_id: str, days: list[date], settings: SessionSettings) -> SessionEventsStats:
-    """Replace `session_events`, `orphan_events` and `session_method_choice` for these days."""
+def build_session_events(
+    conn, project_id: str, days: list[date], settings: SessionSettings, every_window: bool = False
+) -> SessionEventsStats:
+    """Replace `session_events`, `orphan_events` and `session_method_choice` for these days.
+
+    `every_window` recomputes every (day, device) from its own window: the slow reference
+    the whole-range shortcut is tested against.
+    """
     days = sorted_days(days)
     set_target_days(conn, days)
     params = {"project_id": project_id}
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE window_days AS "
+        "SELECT DISTINCT target_date + o::INTEGER AS event_date FROM target_days, range(-1, 2) AS offsets(o)"
+    )
+    _window_newest(conn, params)
+    _range_members(conn, settings, params)
+    _runs(conn)
+    _windows_to_recompute(conn, settings, every_window)
     _window_members(conn, params)
     _time_groups(conn, settings)
     _action_groups(conn)
     for method in METHODS:
         _cut_long_groups(conn, method, settings)
-        _membership(conn, method, settings, params)
+        _window_membership(conn, method, settings, params)
+    _day_spans(conn)
     with transaction(conn):
         for table, column in (("session_events", "session_date"), ("orphan_events", "event_date"), ("session_method_choice", "session_date")):
             delete_days(conn, table, column, project_id)
         for method in METHODS:
-            conn.execute(
-                f"""
-                INSERT INTO session_events
-                SELECT $project_id, session_date, '{method}', session_id, message_id, seq,
-                       make_timestamp(ts_us), event_date, device_key, end_reason, is_continuation, long_activity
-                FROM {method}_membership ORDER BY session_date, session_id, seq
-                """,
-                params,
-            )
+            _insert_session_events(conn, method, settings, params)
         conn.execute(
             """
             INSERT INTO orphan_events
-            SELECT $project_id, event_date, message_id, device_key, make_timestamp(ts_us), event
-            FROM action_groups
-            WHERE NOT in_span AND event_date = target_date
+            SELECT $project_id, target_date, message_id, device_key, make_timestamp(ts_us), event
+            FROM day_spans WHERE NOT in_span
             """,
             params,
         )
@@ -90,7 +107,7 @@ def build_session_events(conn, project_id: str, days: list[date], settings: Sess
             FROM target_days t
             LEFT JOIN (
                 SELECT target_date, count(*) AS members, count(*) FILTER (WHERE in_span) AS in_spans
-                FROM action_groups WHERE event_date = target_date GROUP BY ALL
+                FROM day_spans GROUP BY ALL
             ) c USING (target_date)
             """,
             {**params, "configured": settings.tracking_method},
@@ -98,39 +115,215 @@ def build_session_events(conn, project_id: str, days: list[date], settings: Sess
     counts = conn.execute(
         """
         SELECT
-          (SELECT count(DISTINCT session_id) FROM time_membership),
-          (SELECT count(DISTINCT session_id) FROM action_membership),
-          (SELECT count(*) FROM action_groups WHERE NOT in_span AND event_date = target_date),
-          (SELECT count(*) FROM window_members WHERE event_date = target_date)
-        """
+          (SELECT count(*) FROM session_events
+           WHERE project_id = $project_id AND tracking_method = 'time' AND seq = 1
+             AND session_date IN (SELECT target_date FROM target_days)),
+          (SELECT count(*) FROM session_events
+           WHERE project_id = $project_id AND tracking_method = 'action' AND seq = 1
+             AND session_date IN (SELECT target_date FROM target_days)),
+          (SELECT count(*) FILTER (WHERE NOT in_span) FROM day_spans),
+          (SELECT count(*) FROM day_spans)
+        """,
+        params,
     ).fetchone()
     return SessionEventsStats(*counts)
+
+
+def _window_newest(conn, params: dict) -> None:
+    """Per target day, the newest timestamp in its window: 'open' sessions are measured against it."""
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE window_newest AS
+        WITH day_newest AS (
+            SELECT event_date, max(epoch_us(timestamp)) AS newest_us
+            FROM events
+            WHERE project_id = $project_id
+              AND event_date IN (SELECT event_date FROM window_days)
+            GROUP BY ALL
+        )
+        SELECT t.target_date, max(d.newest_us) AS newest_us
+        FROM target_days AS t
+        JOIN day_newest AS d ON d.event_date BETWEEN t.target_date - 1 AND t.target_date + 1
+        GROUP BY ALL
+        """,
+        params,
+    )
+
+
+def _range_members(conn, settings: SessionSettings, params: dict) -> None:
+    """Every member of the windows once, in device order, with its time chain and action span."""
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE range_members AS
+        WITH members AS (
+            SELECT device_key, message_id, event_date, type, event, name, anonymous_id, user_id, lifecycle_rank, received_at,
+                   epoch_us(timestamp) AS ts_us,
+                   type = 'track' AND event = 'Application Opened' AS is_open,
+                   type = 'track' AND event = 'Application Backgrounded' AS is_background,
+                   type = 'track' AND event IN ('Application Installed', 'Application Updated') AS is_setup
+            FROM events
+            WHERE project_id = $project_id AND is_member
+              AND event_date IN (SELECT event_date FROM window_days)
+        ),
+        neighbours AS (
+            SELECT device_key, message_id, event_date, {MEMBER_FIELDS}, ts_us, is_open, is_background,
+                   row_number() OVER w AS rn,
+                   coalesce(ts_us - lag(ts_us) OVER w > {settings.timeout_us}, true) AS starts_chain,
+                   coalesce(is_setup AND lead(is_open) OVER w AND lead(ts_us) OVER w - ts_us <= {PRE_OPEN_WINDOW_US}, false)
+                       AS is_pre_open,
+                   coalesce(is_open AND lag(is_setup) OVER w AND ts_us - lag(ts_us) OVER w <= {PRE_OPEN_WINDOW_US}, false)
+                       AS follows_pre_open,
+                   lead(event_date) OVER w AS next_event_date
+            FROM members
+            WINDOW w AS (PARTITION BY device_key ORDER BY {ORDER_KEY})
+        ),
+        runs AS (
+            SELECT device_key, message_id, event_date, {MEMBER_FIELDS}, ts_us, is_background, rn,
+                   is_pre_open AND next_event_date > event_date AS pre_open_before_midnight,
+                   sum(starts_chain::INTEGER) OVER w AS time_grp,
+                   sum((is_pre_open OR (is_open AND NOT follows_pre_open))::INTEGER) OVER w AS action_grp,
+                   max(CASE WHEN is_pre_open OR (is_open AND NOT follows_pre_open) THEN rn END) OVER w AS last_start_rn,
+                   max(CASE WHEN is_background THEN rn END) OVER (
+                       PARTITION BY device_key ORDER BY rn ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+                   ) AS last_background_rn
+            FROM neighbours
+            WINDOW w AS (PARTITION BY device_key ORDER BY rn ROWS UNBOUNDED PRECEDING)
+        )
+        SELECT device_key, message_id, event_date, {MEMBER_FIELDS}, ts_us, is_background, rn, pre_open_before_midnight,
+               time_grp, action_grp,
+               last_start_rn IS NOT NULL AND coalesce(last_background_rn, 0) < last_start_rn AS in_span
+        FROM runs
+        """,
+        params,
+    )
+
+
+def _runs(conn) -> None:
+    """Time chains (gaps within the timeout) and action spans (in-span members of one Opened) over the range."""
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE time_runs AS
+        SELECT device_key, time_grp AS grp, min(rn) AS first_rn, min(ts_us) AS first_us, max(ts_us) AS last_us,
+               arg_min(message_id, rn) AS first_message_id
+        FROM range_members GROUP BY device_key, time_grp
+        """
+    )
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE action_runs AS
+        SELECT *, lead(first_us) OVER (PARTITION BY device_key ORDER BY grp) AS next_start_us
+        FROM (
+            SELECT device_key, action_grp AS grp, min(rn) AS first_rn, min(ts_us) AS first_us, max(ts_us) AS last_us,
+                   arg_min(message_id, rn) AS first_message_id,
+                   arg_max(is_background, rn) AS last_is_background
+            FROM range_members WHERE in_span GROUP BY device_key, action_grp
+        )
+        """
+    )
+
+
+def _windows_to_recompute(conn, settings: SessionSettings, every_window: bool) -> None:
+    """(target day, device) pairs whose window may see other chains or spans than the whole range."""
+    if every_window:
+        conn.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE recompute_windows AS
+            SELECT DISTINCT t.target_date, m.device_key
+            FROM range_members AS m JOIN target_days AS t ON m.event_date BETWEEN t.target_date - 1 AND t.target_date + 1
+            """
+        )
+        return
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE recompute_windows AS
+        WITH reaches AS (
+            SELECT device_key, CAST(make_timestamp(first_us) AS DATE) - 1 AS from_day,
+                   CAST(make_timestamp(last_us) AS DATE) + 1 AS to_day
+            FROM (SELECT device_key, first_us, last_us FROM time_runs
+                  UNION ALL SELECT device_key, first_us, last_us FROM action_runs)
+            WHERE last_us - first_us > {settings.max_us}
+            UNION ALL
+            SELECT device_key, event_date - 1, event_date - 1 FROM range_members WHERE pre_open_before_midnight
+        )
+        SELECT DISTINCT t.target_date, r.device_key
+        FROM reaches AS r JOIN target_days AS t ON t.target_date BETWEEN r.from_day AND r.to_day
+        """
+    )
+
+
+def _insert_session_events(conn, method: str, settings: SessionSettings, params: dict) -> None:
+    """Whole-range runs that start on a target day, plus the recomputed windows' sessions."""
+    if method == TIME:
+        end_reason = f"CASE WHEN n.newest_us - r.last_us <= {settings.timeout_us} THEN 'open' ELSE 'inactivity' END"
+        in_run = "m.time_grp = s.grp"
+    else:
+        end_reason = f"""
+            CASE WHEN r.last_is_background THEN 'backgrounded'
+                 WHEN r.next_start_us < epoch_us(CAST(t.target_date AS TIMESTAMP)) + {2 * DAY_US} THEN 'next_open'
+                 ELSE 'no_end' END"""
+        in_run = "m.in_span AND m.action_grp = s.grp"
+    conn.execute(
+        f"""
+        INSERT INTO session_events ({', '.join(SESSION_EVENTS.column_names)})
+        WITH sessions AS (
+            SELECT r.device_key, r.grp, r.first_rn, t.target_date AS session_date,
+                   md5(concat_ws('|', $project_id, r.device_key, '{method}', r.first_message_id)) AS session_id,
+                   {end_reason} AS end_reason
+            FROM {method}_runs AS r
+            JOIN target_days AS t ON t.target_date = CAST(make_timestamp(r.first_us) AS DATE)
+            JOIN window_newest AS n USING (target_date)
+            ANTI JOIN recompute_windows AS w ON w.target_date = t.target_date AND w.device_key = r.device_key
+            WHERE r.last_us - r.first_us <= {settings.max_us}
+        )
+        SELECT $project_id, s.session_date, '{method}', s.session_id, m.message_id, m.rn - s.first_rn + 1,
+               make_timestamp(m.ts_us), m.event_date, m.device_key, s.end_reason, false, false, {MEMBER_FIELDS}
+        FROM range_members AS m JOIN sessions AS s ON m.device_key = s.device_key AND {in_run}
+        UNION ALL
+        SELECT $project_id, session_date, '{method}', session_id, message_id, seq,
+               make_timestamp(ts_us), event_date, device_key, end_reason, is_continuation, long_activity, {MEMBER_FIELDS}
+        FROM {method}_membership
+        """,
+        params,
+    )
+
+
+def _day_spans(conn) -> None:
+    """Each target day's members with whether they are inside a foreground span (orphans, method choice)."""
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE day_spans AS
+        SELECT m.event_date AS target_date, m.device_key, m.message_id, m.ts_us, m.event, m.in_span
+        FROM range_members AS m
+        JOIN target_days AS t ON t.target_date = m.event_date
+        ANTI JOIN recompute_windows AS w ON w.target_date = m.event_date AND w.device_key = m.device_key
+        UNION ALL
+        SELECT target_date, device_key, message_id, ts_us, event, in_span
+        FROM action_groups WHERE event_date = target_date
+        """
+    )
+
+
+def _qualified(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in columns.split(", "))
+
+
+# --- per-window rules, for the (day, device) pairs in recompute_windows ---------------------------
 
 
 def _window_members(conn, params: dict) -> None:
     conn.execute(
         """
         CREATE OR REPLACE TEMP TABLE window_members AS
-        SELECT t.target_date, e.device_key, e.message_id, e.event_date, e.type, e.event, e.lifecycle_rank,
-               e.received_at, epoch_us(e.timestamp) AS ts_us,
+        SELECT t.target_date, e.device_key, e.message_id, e.event_date, e.type, e.event, e.name, e.anonymous_id,
+               e.user_id, e.lifecycle_rank, e.received_at, epoch_us(e.timestamp) AS ts_us,
                row_number() OVER (
                    PARTITION BY t.target_date, e.device_key
                    ORDER BY epoch_us(e.timestamp), e.lifecycle_rank, e.received_at, e.message_id
                ) AS rn
         FROM events AS e
-        JOIN target_days AS t ON e.event_date BETWEEN t.target_date - 1 AND t.target_date + 1
+        JOIN recompute_windows AS t ON e.device_key = t.device_key
+         AND e.event_date BETWEEN t.target_date - 1 AND t.target_date + 1
         WHERE e.project_id = $project_id AND e.is_member
-        """,
-        params,
-    )
-    conn.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE window_newest AS
-        SELECT t.target_date, max(epoch_us(e.timestamp)) AS newest_us
-        FROM events AS e
-        JOIN target_days AS t ON e.event_date BETWEEN t.target_date - 1 AND t.target_date + 1
-        WHERE e.project_id = $project_id
-        GROUP BY ALL
         """,
         params,
     )
@@ -222,7 +415,7 @@ def _cut_long_groups(conn, method: str, settings: SessionSettings) -> None:
     )
 
 
-def _membership(conn, method: str, settings: SessionSettings, params: dict) -> None:
+def _window_membership(conn, method: str, settings: SessionSettings, params: dict) -> None:
     """Sessions = (group, piece); keep those starting on their window's target day."""
     members = f"{method}_groups" + (" WHERE in_span" if method == ACTION else "")
     if method == TIME:
@@ -272,7 +465,7 @@ def _membership(conn, method: str, settings: SessionSettings, params: dict) -> N
             WHERE CAST(make_timestamp(first_ts_us) AS DATE) = target_date
         )
         SELECT o.target_date AS session_date, o.session_id, o.end_reason, o.is_continuation, o.long_activity,
-               p.device_key, p.message_id, p.event_date, p.ts_us, p.rn,
+               p.device_key, p.message_id, p.event_date, p.ts_us, p.rn, {_qualified("p", MEMBER_FIELDS)},
                row_number() OVER (PARTITION BY o.target_date, o.session_id ORDER BY p.rn) AS seq
         FROM pieces AS p
         JOIN owned AS o USING (target_date, device_key, grp, piece)

@@ -100,6 +100,14 @@ SESSION_EVENTS = Table(
         _c("end_reason", "VARCHAR", "The session's end_reason"),
         _c("is_continuation", "BOOLEAN", "The session continues a span cut by the max duration"),
         _c("long_activity", "BOOLEAN", "The session's device was active > max duration without a gap"),
+        # The member's own fields, so session summaries need no join back to `events`.
+        _c("type", "VARCHAR", "track, screen or page", "events.type"),
+        _c("event", "VARCHAR", "Track event name", "events.event"),
+        _c("name", "VARCHAR", "Screen/page name", "events.name"),
+        _c("anonymous_id", "VARCHAR", "Segment anonymousId", "events.anonymous_id"),
+        _c("user_id", "VARCHAR", "Segment userId", "events.user_id"),
+        _c("lifecycle_rank", "TINYINT", "The ordering tie-break (see events)", "events.lifecycle_rank"),
+        _c("received_at", "TIMESTAMP", "Server receive time, UTC", "events.received_at"),
     ),
     "session_date",
 )
@@ -219,6 +227,12 @@ LEFT JOIN latest_user AS u USING (project_id, device_key)
 
 
 def create_schema(conn) -> None:
+    """Create the tables, and add the columns a warehouse made by an older version lacks."""
     for table in ALL_TABLES:
         conn.execute(table.ddl())
+    present = set(conn.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE NOT internal").fetchall())
+    for table in ALL_TABLES:
+        for column in table.columns:
+            if (table.name, column.name) not in present:
+                conn.execute(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type}")
     conn.execute(SESSIONS_VIEW)

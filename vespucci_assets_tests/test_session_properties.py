@@ -38,6 +38,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from vespucci_assets.pipeline import session_settings
+from vespucci_assets.reporting import build_method_sessions
+from vespucci_assets.sessionize import build_session_events
 from vespucci_assets_tests.random_streams import (
     BACKGROUNDED,
     INSTALLED,
@@ -296,3 +299,48 @@ def _check_auto_choice(case: Case, conn, model) -> None:
             f"SELECT session_id, tracking_method FROM {METHOD_TABLES[expected]} WHERE session_date = $d ORDER BY ALL", {"d": day}
         ).fetchall()
         assert chosen == method_rows, f"chosen_sessions for {day} are not the {expected}-based sessions"
+
+
+PARTITION_TABLES = {
+    "session_events": "session_date, tracking_method, session_id, seq",
+    "orphan_events": "event_date, message_id",
+    "session_method_choice": "session_date",
+    "sessions_time_based": "session_date, session_id",
+    "sessions_action_based": "session_date, session_id",
+}
+
+
+def partition_rows(pipeline: Pipeline) -> dict[str, list[tuple]]:
+    return {table: pipeline.rows(f"SELECT * FROM {table} ORDER BY {order}") for table, order in PARTITION_TABLES.items()}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=cases(), order=st.permutations(range(4)))
+def test_a_ranged_build_equals_each_day_built_alone_and_every_window_computed_alone(case: Case, order: list[int]):
+    """SPEC §7: a partition is a function of its window, however many days one build covers (long runs included).
+
+    Three builds of the same stream must agree: all days at once, each day alone in a
+    random order, and all days with every (day, device) computed from its own window
+    (the reference for the whole-range shortcut).
+    """
+    settings_ = project(case.tracking_method, case.timeout_minutes, case.max_hours)
+    with tempfile.TemporaryDirectory() as tmp:
+        ranged = build(case, Path(tmp) / "ranged")
+        alone = Pipeline(Path(tmp) / "alone")
+        windowed = build(case, Path(tmp) / "windowed")
+        try:
+            alone.capture("acme", case.messages)
+            for index in order:
+                if index < len(case.days):
+                    alone.build(settings_, [case.days[index]])
+            build_session_events(windowed.conn, "acme", case.days, session_settings(settings_), every_window=True)
+            for method in METHOD_TABLES:
+                build_method_sessions(windowed.conn, "acme", case.days, method)
+            got = partition_rows(ranged)
+            for name, other in (("each day alone", alone), ("every window alone", windowed)):
+                expected = partition_rows(other)
+                for table in PARTITION_TABLES:
+                    assert got[table] == expected[table], f"{table} differs from {name}\n--- stream ---\n{case.describe()}"
+        finally:
+            for pipeline in (ranged, alone, windowed):
+                pipeline.close()

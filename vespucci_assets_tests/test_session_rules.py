@@ -533,6 +533,32 @@ def test_device_active_for_more_than_24h_is_cut_from_its_first_member_and_flagge
                           WHERE tracking_method = 'time' ORDER BY 1""") == [(D0, 1), (D1, 1)]
 
 
+
+def test_an_installed_just_before_the_window_ends_is_judged_without_the_opened_beyond_it(tmp_path):
+    # D0's window (D-1..D1) ends before the Opened that the Installed at D1 23:59:58 leads into,
+    # so for D0 the Installed is not a pre-open member: D0's crashed span runs on to it and is
+    # cut at the max duration. Built together or apart, D0 gets that same answer.
+    stream = [
+        m(OPENED, "23:00:00", "a-open"), m("screen:Home", "23:10:00", "a-home"),
+        m(INSTALLED, "23:59:58", "b-installed", day=1), m(OPENED, "00:00:01", "b-open", day=2),
+        m("screen:Home", "00:01:00", "b-home", day=2), m(BACKGROUNDED, "00:02:00", "b-bg", day=2),
+    ]
+    together, apart = Pipeline(tmp_path / "together"), Pipeline(tmp_path / "apart")
+    try:
+        run(together, stream)
+        apart.capture("acme", stream, received_at=at("12:00"))
+        for day in (D2, D0, D1):
+            apart.build(project(), [day])
+        for pipeline in (together, apart):
+            assert [(s["members"], s["end_reason"], s["session_date"]) for s in sessions(pipeline, "action")] == [
+                (["a-open", "a-home"], "max_duration", D0),
+                (["b-installed", "b-open", "b-home", "b-bg"], "backgrounded", D1),
+            ]
+        assert _snapshot(together) == _snapshot(apart)
+    finally:
+        together.close()
+        apart.close()
+
 # --------------------------------------------------------------------------- §8 identity
 
 
