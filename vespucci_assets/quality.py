@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
+from typing import Callable
 
 from vespucci_assets.sessionize import ACTION, TIME, SessionSettings
 from vespucci_assets.sql_utils import set_target_days
@@ -16,6 +17,19 @@ MAX_QUARANTINE_RATE = 0.01
 MAX_ORPHAN_RATE = 0.2
 EXAMPLES = 5
 DAYS = "(SELECT target_date FROM target_days)"
+
+# Check names, as the Dagster UI shows them.
+UNIQUE_MESSAGE_IDS = "unique_message_ids"
+QUARANTINE_RATE = "quarantine_rate"
+MEMBERS_CONSERVED = "members_conserved"
+NO_MEMBER_IN_TWO_SESSIONS = "no_member_in_two_sessions"
+ORPHAN_RATE_AND_METHOD_FIT = "orphan_rate_and_method_fit"
+LONG_ACTIVITY_DEVICES = "long_activity_devices"
+TIME_GAP_RULES = "time_gap_rules"
+ACTION_SESSION_SHAPE = "action_session_shape"
+NO_OVERLAPPING_SESSIONS = "no_overlapping_sessions"
+SESSION_BOUNDS = "session_bounds"
+EVENT_COUNT_MATCHES_MEMBERS = "event_count_matches_members"
 
 
 @dataclass(frozen=True)
@@ -252,3 +266,65 @@ def long_activity_devices(conn, project_id: str, days: list[date]) -> CheckOutco
         {"p": project_id},
         "devices active for more than the max duration without a gap (cut from the first member in the window)",
     )
+
+
+@dataclass(frozen=True)
+class PartitionCheck:
+    """One check of one asset's partitions: `measure(conn, project_id, days, settings)`."""
+
+    asset: str
+    name: str
+    measure: Callable[[object, str, list[date], SessionSettings], CheckOutcome]
+    blocking: bool
+    description: str
+    # A rate is each day's own figure; a violations check that passes over a range passes on each of its days.
+    rate: bool = False
+
+
+def _per_method(method: str) -> list[PartitionCheck]:
+    asset = "sessions_time_based" if method == TIME else "sessions_action_based"
+    return [
+        PartitionCheck(asset, NO_OVERLAPPING_SESSIONS, lambda c, p, d, s: no_overlapping_sessions(c, p, d, method),
+                       True, "Sessions of one device never overlap."),
+        PartitionCheck(asset, SESSION_BOUNDS, lambda c, p, d, s: session_bounds(c, p, d, method, s),
+                       True, "started_at <= ended_at <= started_at + max duration, owned by its start day."),
+        PartitionCheck(asset, EVENT_COUNT_MATCHES_MEMBERS, lambda c, p, d, s: event_count_matches_members(c, p, d, method),
+                       True, "event_count equals the session's rows in session_events."),
+    ]
+
+
+PARTITION_CHECKS = [
+    PartitionCheck("events", UNIQUE_MESSAGE_IDS, lambda c, p, d, s: unique_message_ids(c, p, d),
+                   True, "One row per (project, messageId) across all days."),
+    PartitionCheck("quarantined_events", QUARANTINE_RATE, lambda c, p, d, s: quarantine_rate(c, p, d),
+                   False, f"At most {MAX_QUARANTINE_RATE:.0%} of the day's messages quarantined.", rate=True),
+    PartitionCheck("session_events", MEMBERS_CONSERVED, lambda c, p, d, s: members_conserved(c, p, d),
+                   True, "members = time-session members = action-session members + orphans."),
+    PartitionCheck("session_events", NO_MEMBER_IN_TWO_SESSIONS, lambda c, p, d, s: no_member_in_two_sessions(c, p, d),
+                   True, "No member belongs to two sessions of one method."),
+    PartitionCheck("session_events", ORPHAN_RATE_AND_METHOD_FIT, lambda c, p, d, s: orphan_rate_and_method_fit(c, p, d),
+                   False, "Orphan rate and whether the other tracking method fits the stream better.", rate=True),
+    PartitionCheck("session_events", LONG_ACTIVITY_DEVICES, lambda c, p, d, s: long_activity_devices(c, p, d),
+                   False, "Devices active for more than the max duration with no gap over the timeout."),
+    PartitionCheck("sessions_time_based", TIME_GAP_RULES, lambda c, p, d, s: time_gap_rules(c, p, d, s),
+                   True, "Gaps inside a session <= timeout; between sessions > timeout unless cut."),
+    PartitionCheck("sessions_action_based", ACTION_SESSION_SHAPE, lambda c, p, d, s: action_session_shape(c, p, d),
+                   True, "Starts with Opened (or Installed/Updated then Opened) unless continued; Backgrounded only last."),
+    *_per_method(TIME),
+    *_per_method(ACTION),
+]
+
+
+def run_partition_checks(
+    conn, project_id: str, days: list[date], settings: SessionSettings, only: PartitionCheck | None = None
+) -> dict[tuple[str, str, date], CheckOutcome]:
+    """Every partition check (or `only` one) on every day: keyed by (asset, check name, day)."""
+    outcomes = {}
+    for check in [only] if only else PARTITION_CHECKS:
+        whole_range = None if check.rate else check.measure(conn, project_id, days, settings)
+        for day in days:
+            passed_range = whole_range is not None and whole_range.passed
+            outcomes[(check.asset, check.name, day)] = (
+                whole_range if passed_range else check.measure(conn, project_id, [day], settings)
+            )
+    return outcomes

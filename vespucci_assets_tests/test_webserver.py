@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from vespucci_assets.defs.checks import (
+from vespucci_assets.quality import (
     ACTION_SESSION_SHAPE,
     EVENT_COUNT_MATCHES_MEMBERS,
     LONG_ACTIVITY_DEVICES,

@@ -1,8 +1,6 @@
 """Asset checks on every partition: blocking where a failure means wrong data, WARN where it means a suspicious stream."""
 
 from datetime import datetime, timedelta, timezone
-from typing import Callable
-
 import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
 
@@ -14,23 +12,6 @@ from vespucci_assets.defs.partitions import DAY_X_PROJECT, days_by_project, part
 from vespucci_assets.defs.resources import VespucciHome, Warehouse
 from vespucci_assets.pipeline import session_settings
 from vespucci_assets.scheduling import day_due_complete
-from vespucci_assets.projects import Project
-from vespucci_assets.sessionize import ACTION, TIME
-
-UNIQUE_MESSAGE_IDS = "unique_message_ids"
-QUARANTINE_RATE = "quarantine_rate"
-MEMBERS_CONSERVED = "members_conserved"
-NO_MEMBER_IN_TWO_SESSIONS = "no_member_in_two_sessions"
-ORPHAN_RATE_AND_METHOD_FIT = "orphan_rate_and_method_fit"
-LONG_ACTIVITY_DEVICES = "long_activity_devices"
-NO_OVERLAPPING_SESSIONS = "no_overlapping_sessions"
-SESSION_BOUNDS = "session_bounds"
-EVENT_COUNT_MATCHES_MEMBERS = "event_count_matches_members"
-TIME_GAP_RULES = "time_gap_rules"
-ACTION_SESSION_SHAPE = "action_session_shape"
-
-Measure = Callable[[object, Project, list], quality.CheckOutcome]
-
 
 def check_partition_keys(context: dg.AssetCheckExecutionContext) -> list[str]:
     """The partitions this check evaluation covers: one key, or a whole single-run range."""
@@ -40,40 +21,39 @@ def check_partition_keys(context: dg.AssetCheckExecutionContext) -> list[str]:
     return list(op_context.partition_keys)
 
 
-def quality_check(
-    asset: str, name: str, measure: Measure, *, blocking: bool, description: str, rate: bool = False
-) -> dg.AssetChecksDefinition:
+def quality_check(check: quality.PartitionCheck) -> dg.AssetChecksDefinition:
     """A check evaluated per (day, project) partition, so the UI shows each day's own result even in a ranged run.
 
     A violations check that finds none over the whole range finds none on any of its days, so
     only a range with violations (or a `rate`, which is each day's own) is measured day by day.
     """
-    severity = dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN
+    severity = dg.AssetCheckSeverity.ERROR if check.blocking else dg.AssetCheckSeverity.WARN
 
     @dg.asset_check(
-        asset=asset,
-        name=name,
-        blocking=blocking,
-        description=description,
+        asset=check.asset,
+        name=check.name,
+        blocking=check.blocking,
+        description=check.description,
         partitions_def=DAY_X_PROJECT,
         pool=DUCKDB_POOL,
     )
     def _check(context: dg.AssetCheckExecutionContext, duckdb: Warehouse, vespucci: VespucciHome):
         with duckdb.get_connection() as conn:
             for project_id, days in days_by_project(check_partition_keys(context)).items():
-                project = vespucci.project(project_id)
-                whole_range = None if rate else measure(conn, project, days)
+                settings = session_settings(vespucci.project(project_id))
+                outcomes = quality.run_partition_checks(conn, project_id, days, settings, only=check)
                 for day in days:
-                    outcome = whole_range if whole_range is not None and whole_range.passed else measure(conn, project, [day])
+                    outcome = outcomes[(check.asset, check.name, day)]
+                    key = partition_key(day, project_id)
                     yield dg.AssetCheckEvaluation(
-                        asset_key=dg.AssetKey(asset),
-                        check_name=name,
+                        asset_key=dg.AssetKey(check.asset),
+                        check_name=check.name,
                         passed=outcome.passed,
                         severity=severity,
-                        blocking=blocking,
+                        blocking=check.blocking,
                         description=outcome.summary,
-                        partition=str(partition_key(day, project_id)),
-                        target_materialization_data=_latest_materialization(context, asset, partition_key(day, project_id)),
+                        partition=str(key),
+                        target_materialization_data=_latest_materialization(context, check.asset, key),
                         metadata={
                             "figure": dg.MetadataValue.float(float(outcome.figure)),
                             "examples": dg.MetadataValue.md(markdown_table(["example"], [(", ".join(map(str, row)),) for row in outcome.examples])),
@@ -97,38 +77,7 @@ def _latest_materialization(context: dg.AssetCheckExecutionContext, asset: str, 
     )
 
 
-CHECKS = [
-    quality_check("events", UNIQUE_MESSAGE_IDS, lambda c, p, d: quality.unique_message_ids(c, p.project_id, d),
-                  blocking=True, description="One row per (project, messageId) across all days."),
-    quality_check("quarantined_events", QUARANTINE_RATE, lambda c, p, d: quality.quarantine_rate(c, p.project_id, d),
-                  blocking=False, rate=True, description=f"At most {quality.MAX_QUARANTINE_RATE:.0%} of the day's messages quarantined."),
-    quality_check("session_events", MEMBERS_CONSERVED, lambda c, p, d: quality.members_conserved(c, p.project_id, d),
-                  blocking=True, description="members = time-session members = action-session members + orphans."),
-    quality_check("session_events", NO_MEMBER_IN_TWO_SESSIONS,
-                  lambda c, p, d: quality.no_member_in_two_sessions(c, p.project_id, d),
-                  blocking=True, description="No member belongs to two sessions of one method."),
-    quality_check("session_events", ORPHAN_RATE_AND_METHOD_FIT,
-                  lambda c, p, d: quality.orphan_rate_and_method_fit(c, p.project_id, d),
-                  blocking=False, rate=True, description="Orphan rate and whether the other tracking method fits the stream better."),
-    quality_check("session_events", LONG_ACTIVITY_DEVICES, lambda c, p, d: quality.long_activity_devices(c, p.project_id, d),
-                  blocking=False, description="Devices active for more than the max duration with no gap over the timeout."),
-    quality_check("sessions_time_based", TIME_GAP_RULES, lambda c, p, d: quality.time_gap_rules(c, p.project_id, d, session_settings(p)),
-                  blocking=True, description="Gaps inside a session <= timeout; between sessions > timeout unless cut."),
-    quality_check("sessions_action_based", ACTION_SESSION_SHAPE, lambda c, p, d: quality.action_session_shape(c, p.project_id, d),
-                  blocking=True, description="Starts with Opened (or Installed/Updated then Opened) unless continued; Backgrounded only last."),
-]
-for _method, _asset in ((TIME, "sessions_time_based"), (ACTION, "sessions_action_based")):
-    CHECKS += [
-        quality_check(_asset, NO_OVERLAPPING_SESSIONS,
-                      lambda c, p, d, m=_method: quality.no_overlapping_sessions(c, p.project_id, d, m),
-                      blocking=True, description="Sessions of one device never overlap."),
-        quality_check(_asset, SESSION_BOUNDS,
-                      lambda c, p, d, m=_method: quality.session_bounds(c, p.project_id, d, m, session_settings(p)),
-                      blocking=True, description="started_at <= ended_at <= started_at + max duration, owned by its start day."),
-        quality_check(_asset, EVENT_COUNT_MATCHES_MEMBERS,
-                      lambda c, p, d, m=_method: quality.event_count_matches_members(c, p.project_id, d, m),
-                      blocking=True, description="event_count equals the session's rows in session_events."),
-    ]
+CHECKS = [quality_check(check) for check in quality.PARTITION_CHECKS]
 
 COMPLETED_ASSETS = ("sessions_time_based", "sessions_action_based", "sessions", "session_metrics_daily")
 
