@@ -384,33 +384,50 @@ def _action_groups(conn) -> None:
 def _cut_long_groups(conn, method: str, settings: SessionSettings) -> None:
     """Max-duration cut: a member more than the max duration after its session's first member starts a new one.
 
-    Each cut depends on where the previous one fell, so it is a walk along the members;
-    only groups longer than the max duration (rare) take it.
+    Each cut depends on where the previous one fell, so the pieces are found one round at a
+    time, every long group at once: a round per piece (a 3-day window holds at most
+    3 days / max duration + 1 of them). Only groups longer than the max duration (rare) take part.
     """
     members = f"{method}_groups" + (" WHERE in_span" if method == ACTION else "")
+    keys = "target_date, device_key, grp"
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {method}_long_members AS
+        SELECT g.target_date, g.device_key, g.grp, g.rn, g.ts_us
+        FROM (SELECT * FROM {members}) AS g
+        SEMI JOIN (
+            SELECT {keys} FROM (SELECT * FROM {members})
+            GROUP BY {keys} HAVING max(ts_us) - min(ts_us) > {settings.max_us}
+        ) AS long_groups USING ({keys})
+        """
+    )
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {method}_piece_starts AS
+        SELECT {keys}, 0 AS piece, min(ts_us) AS start_us FROM {method}_long_members GROUP BY {keys}
+        """
+    )
+    piece = 0
+    while conn.execute(f"SELECT count(*) FROM {method}_piece_starts WHERE piece = {piece}").fetchone()[0]:
+        conn.execute(
+            f"""
+            INSERT INTO {method}_piece_starts
+            SELECT m.target_date, m.device_key, m.grp, {piece + 1}, min(m.ts_us)
+            FROM {method}_long_members AS m
+            JOIN {method}_piece_starts AS p USING ({keys})
+            WHERE p.piece = {piece} AND m.ts_us - p.start_us > {settings.max_us}
+            GROUP BY m.target_date, m.device_key, m.grp
+            """
+        )
+        piece += 1
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {method}_cuts AS
-        WITH RECURSIVE long_members AS (
-            SELECT g.target_date, g.device_key, g.grp, g.rn, g.ts_us,
-                   row_number() OVER (PARTITION BY g.target_date, g.device_key, g.grp ORDER BY g.rn) AS k
-            FROM (SELECT * FROM {members}) AS g
-            SEMI JOIN (
-                SELECT target_date, device_key, grp FROM (SELECT * FROM {members})
-                GROUP BY ALL HAVING max(ts_us) - min(ts_us) > {settings.max_us}
-            ) AS long_groups USING (target_date, device_key, grp)
-        ),
-        walk(target_date, device_key, grp, k, rn, piece_start_us, piece) AS (
-            SELECT target_date, device_key, grp, k, rn, ts_us, 0 FROM long_members WHERE k = 1
-            UNION ALL
-            SELECT m.target_date, m.device_key, m.grp, m.k, m.rn,
-                   CASE WHEN m.ts_us - w.piece_start_us > {settings.max_us} THEN m.ts_us ELSE w.piece_start_us END,
-                   w.piece + CASE WHEN m.ts_us - w.piece_start_us > {settings.max_us} THEN 1 ELSE 0 END
-            FROM walk AS w
-            JOIN long_members AS m
-              ON m.target_date = w.target_date AND m.device_key = w.device_key AND m.grp = w.grp AND m.k = w.k + 1
-        )
-        SELECT target_date, device_key, rn, piece FROM walk
+        SELECT m.target_date, m.device_key, m.rn, max(p.piece) AS piece
+        FROM {method}_long_members AS m
+        JOIN {method}_piece_starts AS p USING ({keys})
+        WHERE p.start_us <= m.ts_us
+        GROUP BY m.target_date, m.device_key, m.rn
         """
     )
 
