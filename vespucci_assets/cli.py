@@ -9,7 +9,7 @@ import warnings
 from datetime import date
 
 from vespucci_assets.home import Home
-from vespucci_assets.projects import TRACKING_METHODS, SOURCES, Project, ProjectError, Registry
+from vespucci_assets.projects import ENGINES, SOURCES, TRACKING_METHODS, Project, ProjectError, Registry
 
 
 class CliError(Exception):
@@ -37,6 +37,8 @@ def _project_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--warehouse-url")
     parser.add_argument("--warehouse-schema")
     parser.add_argument("--webhook-secret", help="shared secret of Segment's Webhooks destination")
+    parser.add_argument("--engine", choices=ENGINES, default="duckdb" if defaults else None,
+                        help="where the tables are computed: duckdb (embedded), warehouse (inside the Segment warehouse), spark")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +127,7 @@ def _projects(args, home: Home) -> int:
                 warehouse_url=args.warehouse_url,
                 warehouse_schema=args.warehouse_schema,
                 webhook_secret=args.webhook_secret,
+                engine=args.engine,
             )
         )
         if args.json:
@@ -149,7 +152,7 @@ def _projects(args, home: Home) -> int:
         changes = {
             field: getattr(args, field)
             for field in ("name", "tracking_method", "session_timeout_minutes", "max_session_hours", "source",
-                          "warehouse_url", "warehouse_schema", "webhook_secret")
+                          "warehouse_url", "warehouse_schema", "webhook_secret", "engine")
             if getattr(args, field) is not None
         }
         if not changes:

@@ -49,6 +49,15 @@ class EventsStats:
     devices: int
 
 
+def capture_rows(conn, files, columns: dict[str, str]) -> str:
+    """The capture files as a relation of `columns` (+ filename), read by the connection's engine."""
+    if not files:
+        return _empty_source(columns)
+    if hasattr(conn, "capture_source"):
+        return conn.capture_source(files, columns)
+    return _read_json_sql(files, columns)
+
+
 def _read_json_sql(files, columns: dict[str, str]) -> str:
     spec = "{" + ", ".join(f"'{k}': '{v}'" for k, v in columns.items()) + "}"
     # Only a crashed writer's torn last line can fail to parse; complete records always do.
@@ -70,18 +79,21 @@ def build_events(conn, source: CaptureStore | SegmentWarehouse, project_id: str,
     if isinstance(source, SegmentWarehouse):
         source = source.stage(conn, window[0], window[-1])
     else:
-        files = source.files(project_id, EVENTS, window)
-        source = _read_json_sql(files, CAPTURED_COLUMNS) if files else _empty_source(CAPTURED_COLUMNS)
+        source = capture_rows(conn, source.files(project_id, EVENTS, window), CAPTURED_COLUMNS)
     set_target_days(conn, days)
+    captured = ", ".join(CAPTURED_COLUMNS)
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE first_copies AS
-        SELECT * EXCLUDE (filename), count(*) OVER (PARTITION BY message_id) AS copies
+        SELECT {captured}, ts, copies
         FROM (
-            SELECT *, strptime(timestamp, '{TS_FORMAT}') AS ts FROM {source}
+            SELECT {captured}, CAST(timestamp AS TIMESTAMP) AS ts,
+                   count(*) OVER (PARTITION BY message_id) AS copies,
+                   row_number() OVER (PARTITION BY message_id ORDER BY ingested_ns, filename) AS copy_rank
+            FROM {source}
             WHERE message_id IS NOT NULL AND timestamp IS NOT NULL
-        )
-        QUALIFY row_number() OVER (PARTITION BY message_id ORDER BY ingested_ns, filename) = 1
+        ) AS copies_ranked
+        WHERE copy_rank = 1
         """
     )
     with transaction(conn):
@@ -94,9 +106,9 @@ def build_events(conn, source: CaptureStore | SegmentWarehouse, project_id: str,
                 $project_id, CAST(ts AS DATE), message_id, type, event, name,
                 coalesce(anonymous_id, user_id), anonymous_id, user_id,
                 ts,
-                strptime(original_timestamp, '{TS_FORMAT}'),
-                strptime(sent_at, '{TS_FORMAT}'),
-                strptime(received_at, '{TS_FORMAT}'),
+                CAST(original_timestamp AS TIMESTAMP),
+                CAST(sent_at AS TIMESTAMP),
+                CAST(received_at AS TIMESTAMP),
                 properties, context, traits, extra,
                 {LIFECYCLE_RANK_SQL},
                 type IN ('track', 'screen', 'page'),
@@ -141,8 +153,8 @@ def build_quarantine(conn, store: CaptureStore, project_id: str, days: list[date
                 f"""
                 INSERT INTO quarantined_events
                 SELECT $project_id, CAST(ts AS DATE), ts, reason, raw
-                FROM (SELECT *, strptime(received_at, '{TS_FORMAT}') AS ts
-                      FROM {_read_json_sql(files, QUARANTINE_COLUMNS)} WHERE reason IS NOT NULL)
+                FROM (SELECT reason, raw, ingested_ns, CAST(received_at AS TIMESTAMP) AS ts
+                      FROM {capture_rows(conn, files, QUARANTINE_COLUMNS)} WHERE reason IS NOT NULL) AS rejected
                 WHERE CAST(ts AS DATE) IN (SELECT target_date FROM target_days)
                 ORDER BY ingested_ns
                 """,

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 PROJECT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 TRACKING_METHODS = ("action", "time", "auto")
 SOURCES = ("webhook", "warehouse")
+# Where a project's tables are computed: the embedded DuckDB file, its own Segment warehouse, or Spark.
+ENGINES = ("duckdb", "warehouse", "spark")
 WAREHOUSE_SCHEMES = ("postgresql", "postgres", "redshift", "duckdb")
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MIN_TIMEOUT_MINUTES = 1
@@ -46,6 +48,7 @@ class Project:
     warehouse_url: str | None = None
     warehouse_schema: str | None = None
     webhook_secret: str | None = None
+    engine: str = "duckdb"
     api_key_hashes: tuple[str, ...] = field(default_factory=tuple)
     created_at: str = ""
 
@@ -95,6 +98,17 @@ def validate_settings(project: Project) -> Project:
             raise ProjectError("a warehouse source needs --warehouse-url and --warehouse-schema")
         if urlsplit(project.warehouse_url).scheme not in WAREHOUSE_SCHEMES:
             raise ProjectError(f"invalid --warehouse-url {redact_url(project.warehouse_url)!r}: use postgresql://... or duckdb:///path")
+    if project.engine not in ENGINES:
+        raise ProjectError(f"invalid engine {project.engine!r}: use one of {', '.join(ENGINES)}")
+    if project.engine == "warehouse" and (
+        project.source != "warehouse" or urlsplit(project.warehouse_url or "").scheme in ("duckdb", "")
+    ):
+        raise ProjectError(
+            "--engine warehouse computes inside the project's Segment warehouse: it needs --source warehouse "
+            "with a postgresql:// --warehouse-url"
+        )
+    if project.engine == "spark" and project.source != "webhook":
+        raise ProjectError("--engine spark reads the capture store: use it with --source webhook (or --engine warehouse)")
     return project
 
 

@@ -403,29 +403,30 @@ def _cut_long_groups(conn, method: str, settings: SessionSettings) -> None:
     )
     conn.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE {method}_piece_starts AS
+        CREATE OR REPLACE TEMP TABLE {method}_pieces_0 AS
         SELECT {keys}, 0 AS piece, min(ts_us) AS start_us FROM {method}_long_members GROUP BY {keys}
         """
     )
-    piece = 0
-    while conn.execute(f"SELECT count(*) FROM {method}_piece_starts WHERE piece = {piece}").fetchone()[0]:
+    rounds = [f"{method}_pieces_0"]
+    while conn.execute(f"SELECT count(*) FROM {rounds[-1]}").fetchone()[0]:
         conn.execute(
             f"""
-            INSERT INTO {method}_piece_starts
-            SELECT m.target_date, m.device_key, m.grp, {piece + 1}, min(m.ts_us)
+            CREATE OR REPLACE TEMP TABLE {method}_pieces_{len(rounds)} AS
+            SELECT m.target_date, m.device_key, m.grp, {len(rounds)} AS piece, min(m.ts_us) AS start_us
             FROM {method}_long_members AS m
-            JOIN {method}_piece_starts AS p USING ({keys})
-            WHERE p.piece = {piece} AND m.ts_us - p.start_us > {settings.max_us}
+            JOIN {rounds[-1]} AS p USING ({keys})
+            WHERE m.ts_us - p.start_us > {settings.max_us}
             GROUP BY m.target_date, m.device_key, m.grp
             """
         )
-        piece += 1
+        rounds.append(f"{method}_pieces_{len(rounds)}")
+    piece_starts = " UNION ALL ".join(f"SELECT * FROM {name}" for name in rounds)
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {method}_cuts AS
         SELECT m.target_date, m.device_key, m.rn, max(p.piece) AS piece
         FROM {method}_long_members AS m
-        JOIN {method}_piece_starts AS p USING ({keys})
+        JOIN ({piece_starts}) AS p USING ({keys})
         WHERE p.start_us <= m.ts_us
         GROUP BY m.target_date, m.device_key, m.rn
         """

@@ -40,7 +40,13 @@ def set_target_days(conn, days: list[date]) -> None:
 
 
 def delete_days(conn, table: str, date_column: str, project_id: str) -> None:
-    """Delete one project's rows for the days in `target_days` (set by `set_target_days`)."""
+    """Delete one project's rows for the days in `target_days` (set by `set_target_days`).
+
+    An engine that stores days as partitions (Spark) drops them instead.
+    """
+    if hasattr(conn, "delete_days"):
+        conn.delete_days(table, date_column, project_id)
+        return
     conn.execute(
         f"DELETE FROM {table} WHERE project_id = $p AND {date_column} IN (SELECT target_date FROM target_days)",
         {"p": project_id},
