@@ -149,6 +149,9 @@ def _not_null(node):
 
 
 def _postgres_functions(node):
+    if isinstance(node, exp.Round) and node.args.get("decimals") is not None and not node.this.find(exp.Cast):
+        # Postgres rounds to n places only NUMERIC; doubles are converted exactly.
+        return exp.cast(exp.Round(this=exp.cast(node.this, "NUMERIC"), decimals=node.args["decimals"]), "DOUBLE PRECISION")
     if isinstance(node, exp.Anonymous) and node.name.upper() == "EPOCH_US":
         # EXTRACT(EPOCH ...) is exact numeric since Postgres 14; a timestamp without zone is taken as UTC.
         return exp.cast(exp.Mul(this=exp.Extract(this=exp.var("EPOCH"), expression=node.expressions[0]), expression=_US), "BIGINT")
@@ -157,8 +160,6 @@ def _postgres_functions(node):
             this=exp.cast(exp.Literal.string("1970-01-01 00:00:00"), "TIMESTAMP"),
             expression=exp.Mul(this=node.this, expression=exp.Interval(this=exp.Literal.string("1"), unit=exp.var("MICROSECOND"))),
         )
-    if isinstance(node, exp.AnyValue):  # any_value is Postgres 16+
-        return exp.Min(this=node.this)
     if isinstance(node, (exp.ArgMax, exp.ArgMin)):
         # (array_agg(x ORDER BY key) FILTER (WHERE x IS NOT NULL AND key IS NOT NULL))[1]
         value, key = node.this, node.expression
@@ -174,6 +175,8 @@ def _postgres_functions(node):
 def _spark_functions(node):
     if isinstance(node, exp.Anonymous) and node.name.upper() == "EPOCH_US":
         return exp.Anonymous(this="UNIX_MICROS", expressions=node.expressions)
+    if isinstance(node, exp.PercentileCont) and node.expression is not None:  # quantile_cont(x, q)
+        return exp.Anonymous(this="PERCENTILE", expressions=[node.this, node.expression])
     if isinstance(node, (exp.ArgMax, exp.ArgMin)):
         # Spark's max_by returns NULL when the max row's value is NULL; DuckDB skips such rows.
         node.set("expression", exp.If(this=_not_null(node.this), true=node.expression.copy(), false=exp.Null()))

@@ -115,6 +115,7 @@ def spark_session(master: str):
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.shuffle.partitions", os.environ.get("VESPUCCI_SPARK_SHUFFLE_PARTITIONS", "4"))
             .config("spark.ui.enabled", "false")
+            .config("spark.log.level", "ERROR")
             .config("spark.sql.ansi.enabled", "false")
         )
         if master.startswith("local"):
@@ -137,6 +138,7 @@ class SparkEngine(_Rows):
             raise EngineError(f"cannot start Spark (master {master}): {str(exc).strip().splitlines()[0]}") from None
         self.location = location.rstrip("/")
         for table in ALL_TABLES:
+            self._path(f"{self.location}/{table.name}", lambda path, fs: fs.mkdirs(path))
             self.spark.sql(
                 f"CREATE TABLE IF NOT EXISTS {table.name} ({_columns_ddl(table, _SPARK_TYPES)}) USING parquet "
                 f"PARTITIONED BY (project_id, {table.date_column}) LOCATION '{self.location}/{table.name}'"
@@ -159,15 +161,18 @@ class SparkEngine(_Rows):
     def delete_days(self, table: str, date_column: str, project_id: str) -> None:
         """Drop the project's partitions for the days in `target_days`, files included."""
         days = [row[0] for row in self.spark.sql("SELECT target_date FROM target_days").collect()]
-        jvm = self.spark.sparkContext._jvm
-        conf = self.spark.sparkContext._jsc.hadoopConfiguration()
         for day in days:
-            path = jvm.org.apache.hadoop.fs.Path(f"{self.location}/{table}/project_id={project_id}/{date_column}={day}")
-            path.getFileSystem(conf).delete(path, True)
+            self._path(f"{self.location}/{table}/project_id={project_id}/{date_column}={day}",
+                       lambda path, fs: fs.delete(path, True))
             self.spark.sql(
                 f"ALTER TABLE {table} DROP IF EXISTS PARTITION (project_id = '{project_id}', {date_column} = DATE'{day}')"
             )
         self.spark.sql(f"REFRESH TABLE {table}")
+
+    def _path(self, url: str, action) -> None:
+        """`action(path, filesystem)` through Hadoop's FileSystem, so any store Spark writes to works."""
+        path = self.spark.sparkContext._jvm.org.apache.hadoop.fs.Path(url)
+        action(path, path.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()))
 
     def capture_source(self, files: list[Path], columns: dict[str, str]) -> str:
         """The capture store's NDJSON files as a temp view; a torn last line is skipped, as DuckDB does."""

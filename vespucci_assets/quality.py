@@ -237,7 +237,7 @@ def orphan_rate_and_method_fit(conn, project_id: str, days: list[date]) -> Check
     members, orphans, in_spans, configured = conn.execute(
         f"""
         SELECT coalesce(sum(members), 0), coalesce(sum(members - members_in_spans), 0),
-               coalesce(sum(members_in_spans), 0), any_value(configured_method)
+               coalesce(sum(members_in_spans), 0), max(configured_method)
         FROM session_method_choice WHERE project_id = $p AND session_date IN {DAYS}
         """,
         {"p": project_id},

@@ -29,45 +29,42 @@ def build_method_sessions(conn, project_id: str, days: list[date], method: str) 
         ),
         summary AS (
             SELECT project_id, session_date, session_id, device_key,
-                   any_value(anonymous_id) AS anonymous_id,
+                   max(anonymous_id) AS anonymous_id,
                    min(timestamp) AS started_at,
                    max(timestamp) AS ended_at,
                    count(*) AS event_count,
                    count(*) FILTER (WHERE type IN ('screen', 'page')) AS screen_count,
                    count(*) FILTER (WHERE type = 'track') AS track_count,
-                   arg_min(name, seq) FILTER (WHERE type IN ('screen', 'page')) AS first_screen,
-                   arg_max(name, seq) FILTER (WHERE type IN ('screen', 'page')) AS last_screen,
-                   any_value(end_reason) AS end_reason,
+                   arg_min(name, CASE WHEN type IN ('screen', 'page') THEN seq END) AS first_screen,
+                   arg_max(name, CASE WHEN type IN ('screen', 'page') THEN seq END) AS last_screen,
+                   max(end_reason) AS end_reason,
                    bool_or(is_continuation) AS is_continuation,
                    bool_or(long_activity) AS long_activity
             FROM members GROUP BY ALL
         ),
-        identity_calls AS (
-            SELECT s.session_id, arg_max(e.user_id, {ORDER}) AS user_id, max({ORDER}) AS at
+        user_calls AS (
+            SELECT session_id, user_id, timestamp, lifecycle_rank, received_at, message_id
+            FROM members WHERE user_id IS NOT NULL
+            UNION ALL
+            SELECT s.session_id, e.user_id, e.timestamp, e.lifecycle_rank, e.received_at, e.message_id
             FROM summary AS s
             JOIN events AS e
               ON e.project_id = s.project_id AND e.device_key = s.device_key
              AND e.event_date BETWEEN s.session_date AND s.session_date + 1
              AND e.timestamp BETWEEN s.started_at AND s.ended_at
             WHERE e.project_id = $project_id AND NOT e.is_member AND e.user_id IS NOT NULL
-            GROUP BY ALL
         ),
-        member_users AS (
-            SELECT session_id, arg_max(user_id, seq) AS user_id,
-                   max({ORDER.replace('e.', '')}) AS at
-            FROM members WHERE user_id IS NOT NULL GROUP BY ALL
+        last_users AS (
+            SELECT session_id, arg_max(user_id, {ORDER}) AS user_id FROM user_calls AS e GROUP BY session_id
         )
         SELECT s.project_id, s.session_date, s.session_id, $method AS tracking_method, s.device_key, s.anonymous_id,
-               CASE WHEN i.at IS NULL THEN m.user_id
-                    WHEN m.at IS NULL OR i.at > m.at THEN i.user_id
-                    ELSE m.user_id END AS user_id,
+               u.user_id,
                s.started_at, s.ended_at,
-               epoch(s.ended_at - s.started_at) AS duration_s,
+               (epoch_us(s.ended_at) - epoch_us(s.started_at)) / 1000000.0 AS duration_s,
                s.event_count, s.screen_count, s.track_count, s.first_screen, s.last_screen, s.end_reason,
                s.is_continuation, s.long_activity
         FROM summary AS s
-        LEFT JOIN identity_calls AS i USING (session_id)
-        LEFT JOIN member_users AS m USING (session_id)
+        LEFT JOIN last_users AS u USING (session_id)
         """,
         params,
     )
@@ -107,25 +104,49 @@ def build_chosen_sessions(conn, project_id: str, days: list[date]) -> dict[str, 
     return dict(rows)
 
 
+METRIC_COLUMNS = ("s.sessions, s.devices, s.users, s.median_duration_s, s.p90_duration_s, s.events_per_session, "
+                  "s.bounce_rate, s.long_activity_sessions")
+
+
+def _exact_quantile(numerator: int, denominator: int) -> str:
+    """The linear-interpolation quantile (quantile_cont) of `duration_us`, in seconds.
+
+    Interpolated in integers, then divided once, so every engine gives the same double
+    (their own percentile functions round differently in the last bit).
+    """
+    position = f"(n - 1) * {numerator}"
+    lower = f"CAST(floor({position} / {float(denominator)}) AS BIGINT)"
+    low = f"max(CASE WHEN i = {lower} THEN duration_us END)"
+    high = f"coalesce(max(CASE WHEN i = {lower} + 1 THEN duration_us END), {low})"
+    fraction = f"max({position} - {lower} * {denominator})"
+    return f"({low} * {denominator} + ({high} - {low}) * {fraction}) / {denominator * 1_000_000.0}"
+
+
 def build_metrics(conn, project_id: str, days: list[date]) -> None:
     """Replace `session_metrics_daily` for these days, one row per method."""
     days = sorted_days(days)
     set_target_days(conn, days)
     selects = " UNION ALL ".join(
         f"""
-        SELECT t.target_date AS session_date, '{method}' AS tracking_method, s.*
+        SELECT t.target_date AS session_date, '{method}' AS tracking_method, {METRIC_COLUMNS}
         FROM target_days AS t
         LEFT JOIN (
             SELECT session_date, count(*) AS sessions, count(DISTINCT device_key) AS devices,
                    count(DISTINCT user_id) AS users,
-                   median(duration_s) AS median_duration_s,
-                   quantile_cont(duration_s, 0.9) AS p90_duration_s,
-                   avg(event_count) AS events_per_session,
-                   avg(CASE WHEN screen_count <= 1 AND event_count <= 2 THEN 1.0 ELSE 0.0 END) AS bounce_rate,
+                   {_exact_quantile(1, 2)} AS median_duration_s,
+                   {_exact_quantile(9, 10)} AS p90_duration_s,
+                   CAST(sum(event_count) AS DOUBLE) / count(*) AS events_per_session,
+                   CAST(sum(CASE WHEN screen_count <= 1 AND event_count <= 2 THEN 1 ELSE 0 END) AS DOUBLE) / count(*) AS bounce_rate,
                    count(*) FILTER (WHERE long_activity) AS long_activity_sessions
-            FROM {SESSION_TABLES[method]}
-            WHERE project_id = $project_id AND session_date IN (SELECT target_date FROM target_days)
-            GROUP BY ALL
+            FROM (
+                SELECT *, row_number() OVER (PARTITION BY session_date ORDER BY duration_us) - 1 AS i,
+                       count(*) OVER (PARTITION BY session_date) AS n
+                FROM (SELECT session_date, device_key, user_id, event_count, screen_count, long_activity,
+                             epoch_us(ended_at) - epoch_us(started_at) AS duration_us
+                      FROM {SESSION_TABLES[method]}
+                      WHERE project_id = $project_id AND session_date IN (SELECT target_date FROM target_days)) AS d
+            ) AS ranked
+            GROUP BY session_date
         ) AS s ON s.session_date = t.target_date
         """
         for method in METHODS

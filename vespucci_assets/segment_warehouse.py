@@ -86,10 +86,16 @@ class SegmentWarehouse:
     # --- reading -----------------------------------------------------------------------------
 
     def stage(self, duck, first_day: date, last_day: date) -> str:
-        """Stage the rows with `timestamp` in [first_day, last_day] into a DuckDB temp table; returns its name."""
+        """Stage the rows with `timestamp` in [first_day, last_day] into a temp table of `duck`; returns its name.
+
+        `duck` is a DuckDB connection, or the warehouse engine's own connection to this
+        warehouse: then the rows are staged where they are, and never leave it.
+        """
         start = datetime.combine(first_day, datetime.min.time(), timezone.utc)
         end = datetime.combine(last_day + timedelta(days=1), datetime.min.time(), timezone.utc)
-        if self.kind == "duckdb":
+        if getattr(duck, "kind", None) == "postgres":
+            self._stage_in_place(duck, start, end)
+        elif self.kind == "duckdb":
             self._stage_duckdb(duck, start, end)
         else:
             self._stage_postgres(duck, start, end)
@@ -252,6 +258,16 @@ class SegmentWarehouse:
 
     def _query(self, sql: str) -> list[tuple]:
         return self._duck_query(sql) if self.kind == "duckdb" else self._pg_query(sql)
+
+    def _stage_in_place(self, engine, start: datetime, end: datetime) -> None:
+        import psycopg
+
+        union = " UNION ALL ".join(self._select(t, c, start, end) for t, c in self._columns().items())
+        try:
+            engine.execute_native(f"DROP TABLE IF EXISTS {STAGED}")
+            engine.execute_native(f"CREATE TEMPORARY TABLE {STAGED} AS {union}")
+        except psycopg.Error as exc:
+            raise self._error(f"reading failed: {str(exc).strip().splitlines()[0]}") from None
 
     def _stage_postgres(self, duck, start: datetime, end: datetime) -> None:
         import psycopg

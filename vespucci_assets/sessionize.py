@@ -69,7 +69,7 @@ def build_session_events(
     params = {"project_id": project_id}
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE window_days AS "
-        "SELECT DISTINCT target_date + o::INTEGER AS event_date FROM target_days, range(-1, 2) AS offsets(o)"
+        "SELECT DISTINCT target_date + o::INTEGER AS event_date FROM target_days, (VALUES (-1), (0), (1)) AS offsets(o)"
     )
     _window_newest(conn, params)
     _range_members(conn, settings, params)

@@ -13,8 +13,8 @@ CHOSEN = "FILTER (WHERE x.is_chosen_method)"
 METRIC_FIGURES = {
     "dagster/row_count": "count(x.tracking_method)",
     "sessions": f"coalesce(sum(x.sessions) {CHOSEN}, 0)::BIGINT",
-    "bounce_rate": f"any_value(x.bounce_rate) {CHOSEN}",
-    "action_coverage": "any_value(x.action_coverage)",
+    "bounce_rate": "max(CASE WHEN x.is_chosen_method THEN x.bounce_rate END)",
+    "action_coverage": "max(x.action_coverage)",
 }
 
 

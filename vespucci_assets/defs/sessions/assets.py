@@ -27,7 +27,7 @@ SESSION_EVENTS_FIGURES = {"dagster/row_count": "count(x.message_id)"}
 METHOD_CHOICE_FIGURES = {
     "orphan_events": "coalesce(sum(x.members - x.members_in_spans), 0)::BIGINT",
     "orphan_rate": "sum(x.members - x.members_in_spans) / nullif(sum(x.members), 0)",
-    "action_coverage": "any_value(x.action_coverage)",
+    "action_coverage": "max(x.action_coverage)",
 }
 
 
