@@ -54,7 +54,7 @@ def unique_message_ids(conn, project_id: str, days: list[date]) -> CheckOutcome:
     return _violations(
         conn,
         f"""
-        SELECT a.message_id, list(DISTINCT b.event_date) AS days
+        SELECT a.message_id, min(b.event_date) AS first_day, max(b.event_date) AS last_day
         FROM events a JOIN events b ON b.project_id = a.project_id AND b.message_id = a.message_id
         WHERE a.project_id = $p AND a.event_date IN {DAYS}
         GROUP BY a.message_id HAVING count(*) > 1
@@ -96,7 +96,7 @@ def members_conserved(conn, project_id: str, days: list[date]) -> CheckOutcome:
         SELECT p.message_id, p.event_date, p.time_sessions, p.action_sessions, o.message_id IS NOT NULL AS orphan
         FROM placed p LEFT JOIN orphan_events o
           ON o.project_id = $p AND o.event_date = p.event_date AND o.message_id = p.message_id
-        WHERE p.time_sessions <> 1 OR p.action_sessions + (o.message_id IS NOT NULL)::INT <> 1
+        WHERE p.time_sessions <> 1 OR p.action_sessions + CASE WHEN o.message_id IS NULL THEN 0 ELSE 1 END <> 1
         """,
         {"p": project_id},
         "members not in exactly one session per method (orphans counted for action)",
@@ -108,7 +108,7 @@ def no_member_in_two_sessions(conn, project_id: str, days: list[date]) -> CheckO
     return _violations(
         conn,
         f"""
-        SELECT tracking_method, message_id, list(session_id) AS sessions
+        SELECT tracking_method, message_id, min(session_id) AS one_session, max(session_id) AS other_session
         FROM session_events
         WHERE project_id = $p AND message_id IN (
             SELECT message_id FROM session_events WHERE project_id = $p AND session_date IN {DAYS})
@@ -149,10 +149,10 @@ def session_bounds(conn, project_id: str, days: list[date], method: str, setting
         f"""
         SELECT session_id, started_at, ended_at FROM {_session_table(method)}
         WHERE project_id = $p AND session_date IN {DAYS}
-          AND NOT (started_at <= ended_at AND ended_at <= started_at + to_seconds($max_s)
+          AND NOT (started_at <= ended_at AND epoch_us(ended_at) - epoch_us(started_at) <= $max_us
                    AND CAST(started_at AS DATE) = session_date)
         """,
-        {"p": project_id, "max_s": settings.max_duration_s},
+        {"p": project_id, "max_us": settings.max_us},
         "sessions outside started_at <= ended_at <= started_at + max duration",
     )
 
@@ -185,23 +185,22 @@ def time_gap_rules(conn, project_id: str, days: list[date], settings: SessionSet
             SELECT se.session_id, se.device_key, se.seq, se.timestamp, se.is_continuation, se.long_activity,
                    lag(se.timestamp) OVER w AS previous_timestamp,
                    lag(se.session_id) OVER w AS previous_session
-            FROM session_events se JOIN events e
-              ON e.project_id = se.project_id AND e.event_date = se.event_date AND e.message_id = se.message_id
+            FROM session_events se
             WHERE se.project_id = $p AND se.tracking_method = 'time'
               AND se.session_date BETWEEN (SELECT min(target_date) - 2 FROM target_days) AND (SELECT max(target_date) FROM target_days)
             WINDOW w AS (PARTITION BY se.device_key
-                         ORDER BY se.timestamp, e.lifecycle_rank, e.received_at, se.message_id)
+                         ORDER BY se.timestamp, se.lifecycle_rank, se.received_at, se.message_id)
         )
         SELECT session_id, device_key, previous_timestamp, timestamp,
                CASE WHEN previous_session = session_id THEN 'gap inside session over timeout'
                     ELSE 'new session after a gap within timeout' END AS problem
         FROM ordered
         WHERE previous_timestamp IS NOT NULL AND CAST(timestamp AS DATE) IN {DAYS}
-          AND ((previous_session = session_id AND timestamp - previous_timestamp > to_seconds($timeout))
-            OR (previous_session <> session_id AND timestamp - previous_timestamp <= to_seconds($timeout)
+          AND ((previous_session = session_id AND epoch_us(timestamp) - epoch_us(previous_timestamp) > $timeout_us)
+            OR (previous_session <> session_id AND epoch_us(timestamp) - epoch_us(previous_timestamp) <= $timeout_us
                 AND seq = 1 AND NOT is_continuation AND NOT long_activity))
         """,
-        {"p": project_id, "timeout": settings.timeout_s},
+        {"p": project_id, "timeout_us": settings.timeout_us},
         "time-based gap rule violations",
     )
 

@@ -38,10 +38,10 @@ def quality_check(check: quality.PartitionCheck) -> dg.AssetChecksDefinition:
         pool=DUCKDB_POOL,
     )
     def _check(context: dg.AssetCheckExecutionContext, duckdb: Warehouse, vespucci: VespucciHome):
-        with duckdb.get_connection() as conn:
-            for project_id, days in days_by_project(check_partition_keys(context)).items():
-                settings = session_settings(vespucci.project(project_id))
-                outcomes = quality.run_partition_checks(conn, project_id, days, settings, only=check)
+        for project_id, days in days_by_project(check_partition_keys(context)).items():
+            project = vespucci.project(project_id)
+            with duckdb.project_connection(project) as conn:
+                outcomes = quality.run_partition_checks(conn, project_id, days, session_settings(project), only=check)
                 for day in days:
                     outcome = outcomes[(check.asset, check.name, day)]
                     key = partition_key(day, project_id)

@@ -11,6 +11,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from vespucci_assets.capture import CaptureStore
+from vespucci_assets.engines import DUCKDB_ENGINE, EngineError, open_engine
 from vespucci_assets.home import Home
 from vespucci_assets.projects import Project, ProjectError, Registry
 from vespucci_assets.warehouse import DEFAULT_LOCK_TIMEOUT_S, connect_warehouse, writer_lock
@@ -51,6 +52,23 @@ class Warehouse(DuckDBResource):
                 yield conn
             finally:
                 conn.close()
+
+    @contextlib.contextmanager
+    def project_connection(self, project: Project) -> Iterator:
+        """Where this project's tables are computed: this DuckDB file, its own warehouse, or Spark."""
+        if project.engine == DUCKDB_ENGINE:
+            with self.get_connection() as conn:
+                yield conn
+            return
+        try:
+            engine = open_engine(project, Path(self.database).parent)
+            conn = engine.__enter__()
+        except EngineError as exc:
+            raise dg.Failure(description=f"project {project.project_id!r}: {exc}") from None
+        try:
+            yield conn
+        finally:
+            engine.__exit__(None, None, None)
 
 
 def build_resources(home: Home) -> dict:

@@ -29,17 +29,18 @@ QUARANTINE_FIGURES = {"dagster/row_count": "count(x.reason)", "quarantined": "co
 )
 def events_asset(context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: Warehouse) -> dg.MaterializeResult:
     """Deduplicated messages of the event day, timestamps corrected (SPEC section 3)."""
-    partitions = days_by_project(context.partition_keys)
-    with duckdb.get_connection() as conn:
-        for project_id, days in partitions.items():
-            source = event_source(vespucci.project(project_id), vespucci.capture_store())
-            try:
-                stats = build_events(conn, source, project_id, days)
-            except WarehouseSourceError as exc:
-                raise dg.Failure(description=str(exc)) from None
-            context.log.info(f"{project_id}: {len(days)} day(s), {stats.events} events, {stats.duplicates} duplicates")
-        add_daily_figures(context, conn, EVENTS.name, EVENTS.date_column, partitions, EVENT_FIGURES)
-        metadata = materialization_metadata(conn, EVENTS, partitions, ["event_date", "type", "event", "name", "device_key", "timestamp"])
+    for project_id, days in days_by_project(context.partition_keys).items():
+        project = vespucci.project(project_id)
+        try:
+            with duckdb.project_connection(project) as conn:
+                stats = build_events(conn, event_source(project, vespucci.capture_store()), project_id, days)
+                context.log.info(f"{project_id} ({project.engine}): {len(days)} day(s), {stats.events} events, "
+                                 f"{stats.duplicates} duplicates")
+                partitions = {project_id: days}
+                add_daily_figures(context, conn, EVENTS.name, EVENTS.date_column, partitions, EVENT_FIGURES)
+                metadata = materialization_metadata(conn, EVENTS, partitions, ["event_date", "type", "event", "name", "device_key", "timestamp"])
+        except WarehouseSourceError as exc:
+            raise dg.Failure(description=str(exc)) from None
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -54,10 +55,10 @@ def quarantined_events_asset(
     context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: Warehouse
 ) -> dg.MaterializeResult:
     """Rejected messages by arrival day, each with its reason."""
-    partitions = days_by_project(context.partition_keys)
-    with duckdb.get_connection() as conn:
-        for project_id, days in partitions.items():
+    for project_id, days in days_by_project(context.partition_keys).items():
+        with duckdb.project_connection(vespucci.project(project_id)) as conn:
             build_quarantine(conn, vespucci.capture_store(), project_id, days)
-        add_daily_figures(context, conn, QUARANTINED_EVENTS.name, QUARANTINED_EVENTS.date_column, partitions, QUARANTINE_FIGURES)
-        metadata = materialization_metadata(conn, QUARANTINED_EVENTS, partitions, ["received_at", "reason", "raw"])
+            partitions = {project_id: days}
+            add_daily_figures(context, conn, QUARANTINED_EVENTS.name, QUARANTINED_EVENTS.date_column, partitions, QUARANTINE_FIGURES)
+            metadata = materialization_metadata(conn, QUARANTINED_EVENTS, partitions, ["received_at", "reason", "raw"])
     return dg.MaterializeResult(metadata=metadata)

@@ -5,7 +5,7 @@ import dagster as dg
 from vespucci_assets.defs.common import ASSET_DEFAULTS
 from vespucci_assets.defs.metadata import add_daily_figures, asset_metadata, materialization_metadata
 from vespucci_assets.defs.partitions import days_by_project
-from vespucci_assets.defs.resources import Warehouse
+from vespucci_assets.defs.resources import VespucciHome, Warehouse
 from vespucci_assets.reporting import build_metrics
 from vespucci_assets.tables import SESSION_METRICS_DAILY
 
@@ -26,15 +26,17 @@ METRIC_FIGURES = {
     deps=["sessions", "session_events"],
     **ASSET_DEFAULTS,
 )
-def session_metrics_daily_asset(context: dg.AssetExecutionContext, duckdb: Warehouse) -> dg.MaterializeResult:
+def session_metrics_daily_asset(
+    context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: Warehouse
+) -> dg.MaterializeResult:
     """Sessions, devices, users, durations, bounce, orphans and coverage per day and method."""
-    partitions = days_by_project(context.partition_keys)
-    with duckdb.get_connection() as conn:
-        for project_id, days in partitions.items():
+    for project_id, days in days_by_project(context.partition_keys).items():
+        with duckdb.project_connection(vespucci.project(project_id)) as conn:
             build_metrics(conn, project_id, days)
-        add_daily_figures(context, conn, SESSION_METRICS_DAILY.name, SESSION_METRICS_DAILY.date_column, partitions, METRIC_FIGURES)
-        metadata = materialization_metadata(
-            conn, SESSION_METRICS_DAILY, partitions,
-            ["session_date", "tracking_method", "sessions", "median_duration_s", "bounce_rate", "orphan_events", "action_coverage"],
-        )
+            partitions = {project_id: days}
+            add_daily_figures(context, conn, SESSION_METRICS_DAILY.name, SESSION_METRICS_DAILY.date_column, partitions, METRIC_FIGURES)
+            metadata = materialization_metadata(
+                conn, SESSION_METRICS_DAILY, partitions,
+                ["session_date", "tracking_method", "sessions", "median_duration_s", "bounce_rate", "orphan_events", "action_coverage"],
+            )
     return dg.MaterializeResult(metadata=metadata)

@@ -43,13 +43,14 @@ def session_events_asset(
     context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: Warehouse
 ) -> dg.MaterializeResult:
     """Which members make each session (both methods), orphans, and the auto method choice."""
-    partitions = days_by_project(context.partition_keys)
-    with duckdb.get_connection() as conn:
-        for project_id, days in partitions.items():
-            build_session_events(conn, project_id, days, session_settings(vespucci.project(project_id)))
-        add_daily_figures(context, conn, SESSION_EVENTS.name, SESSION_EVENTS.date_column, partitions, SESSION_EVENTS_FIGURES)
-        add_daily_figures(context, conn, METHOD_CHOICE.name, METHOD_CHOICE.date_column, partitions, METHOD_CHOICE_FIGURES)
-        metadata = materialization_metadata(conn, SESSION_EVENTS, partitions, ["session_date", "tracking_method", "session_id", "seq", "timestamp"])
+    for project_id, days in days_by_project(context.partition_keys).items():
+        project = vespucci.project(project_id)
+        with duckdb.project_connection(project) as conn:
+            build_session_events(conn, project_id, days, session_settings(project))
+            partitions = {project_id: days}
+            add_daily_figures(context, conn, SESSION_EVENTS.name, SESSION_EVENTS.date_column, partitions, SESSION_EVENTS_FIGURES)
+            add_daily_figures(context, conn, METHOD_CHOICE.name, METHOD_CHOICE.date_column, partitions, METHOD_CHOICE_FIGURES)
+            metadata = materialization_metadata(conn, SESSION_EVENTS, partitions, ["session_date", "tracking_method", "session_id", "seq", "timestamp"])
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -63,13 +64,13 @@ def _method_sessions_asset(method: str, table):
         freshness_policy=SESSION_FRESHNESS,
         **ASSET_DEFAULTS,
     )
-    def _asset(context: dg.AssetExecutionContext, duckdb: Warehouse) -> dg.MaterializeResult:
-        partitions = days_by_project(context.partition_keys)
-        with duckdb.get_connection() as conn:
-            for project_id, days in partitions.items():
+    def _asset(context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: Warehouse) -> dg.MaterializeResult:
+        for project_id, days in days_by_project(context.partition_keys).items():
+            with duckdb.project_connection(vespucci.project(project_id)) as conn:
                 build_method_sessions(conn, project_id, days, method)
-            add_daily_figures(context, conn, table.name, table.date_column, partitions, SESSION_FIGURES)
-            metadata = materialization_metadata(conn, table, partitions, SESSION_PREVIEW)
+                partitions = {project_id: days}
+                add_daily_figures(context, conn, table.name, table.date_column, partitions, SESSION_FIGURES)
+                metadata = materialization_metadata(conn, table, partitions, SESSION_PREVIEW)
         return dg.MaterializeResult(metadata=metadata)
 
     return _asset
@@ -88,17 +89,17 @@ sessions_action_based_asset = _method_sessions_asset(ACTION, SESSIONS_ACTION_BAS
     freshness_policy=SESSION_FRESHNESS,
     **ASSET_DEFAULTS,
 )
-def sessions_asset(context: dg.AssetExecutionContext, duckdb: Warehouse) -> dg.MaterializeResult:
+def sessions_asset(context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: Warehouse) -> dg.MaterializeResult:
     """The chosen method per project (auto: per day) and user resolution at query time."""
-    partitions = days_by_project(context.partition_keys)
-    with duckdb.get_connection() as conn:
-        for project_id, days in partitions.items():
+    for project_id, days in days_by_project(context.partition_keys).items():
+        with duckdb.project_connection(vespucci.project(project_id)) as conn:
             build_chosen_sessions(conn, project_id, days)
-        add_daily_figures(
-            context, conn, CHOSEN_SESSIONS.name, CHOSEN_SESSIONS.date_column, partitions,
-            {**SESSION_FIGURES, "action_sessions": "count(x.session_id) FILTER (WHERE x.tracking_method = 'action')"},
-        )
-        metadata = materialization_metadata(
-            conn, CHOSEN_SESSIONS, partitions, ["tracking_method", *SESSION_PREVIEW], CHOSEN_FROM
-        )
+            partitions = {project_id: days}
+            add_daily_figures(
+                context, conn, CHOSEN_SESSIONS.name, CHOSEN_SESSIONS.date_column, partitions,
+                {**SESSION_FIGURES, "action_sessions": "count(x.session_id) FILTER (WHERE x.tracking_method = 'action')"},
+            )
+            metadata = materialization_metadata(
+                conn, CHOSEN_SESSIONS, partitions, ["tracking_method", *SESSION_PREVIEW], CHOSEN_FROM
+            )
     return dg.MaterializeResult(metadata=metadata)
