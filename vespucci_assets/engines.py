@@ -139,6 +139,8 @@ class SparkEngine(_Rows):
         self.location = location.rstrip("/")
         for table in ALL_TABLES:
             self._path(f"{self.location}/{table.name}", lambda path, fs: fs.mkdirs(path))
+            # The catalog is the process's own; the data is the location's (dropping an external table keeps it).
+            self.spark.sql(f"DROP TABLE IF EXISTS {table.name}")
             self.spark.sql(
                 f"CREATE TABLE IF NOT EXISTS {table.name} ({_columns_ddl(table, _SPARK_TYPES)}) USING parquet "
                 f"PARTITIONED BY (project_id, {table.date_column}) LOCATION '{self.location}/{table.name}'"
