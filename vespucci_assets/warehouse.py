@@ -75,6 +75,8 @@ def connect_warehouse(path: Path | str, memory_limit: str | None = None) -> duck
 
     _wait(attempt, FOREIGN_LOCK_WAIT_S, f"the warehouse {path} is held open by another program; close it and retry")
     conn = opened[0]
+    # Readers order their results; writes need not keep row order, which lets DuckDB write in parallel.
+    conn.execute("SET preserve_insertion_order = false")
     if memory_limit:
         conn.execute(f"SET memory_limit = '{memory_limit}'")
     create_schema(conn)
