@@ -84,6 +84,18 @@ class Pipeline:
         self.conn.close()
 
 
+def capture_demo_stream(root: Path, project_id: str, end_day: date, days: int, devices: int, seed: int) -> CaptureStore:
+    """A generated mobile stream (duplicates, skewed clocks, logins) written through a real capture store."""
+    from vespucci_assets.demo_data import demo_batches
+
+    store = CaptureStore(root)
+    writer = store.writer()
+    for batch in demo_batches(project_id, style="action", end_day=end_day, days=days, devices=devices, seed=seed):
+        writer.append(project_id, [normalize(m, batch.received_at, envelope=batch.envelope) for m in batch.messages])
+    writer.close()
+    return store
+
+
 def project(tracking_method: str = "auto", timeout_minutes: int = 30, max_hours: int = 24, project_id: str = "acme") -> Project:
     return Project(
         project_id=project_id,

@@ -23,7 +23,6 @@ import psycopg
 import pytest
 
 from vespucci_assets.capture import EVENTS, CaptureStore
-from vespucci_assets.demo_data import demo_batches
 from vespucci_assets.dialects import to_engine
 from vespucci_assets.engines import PostgresEngine, SparkEngine
 from vespucci_assets.home import Home
@@ -31,10 +30,10 @@ from vespucci_assets.pipeline import build_all, session_settings
 from vespucci_assets.projects import Project, Registry
 from vespucci_assets.quality import run_partition_checks
 from vespucci_assets.runs import dagster_instance, materialize_partitions
-from vespucci_assets.segment import normalize
 from vespucci_assets.tables import ALL_TABLES
 from vespucci_assets.warehouse import connect_warehouse
 from vespucci_assets_tests.segment_layout import PG_URL, layout, load_postgres
+from vespucci_assets_tests.support import capture_demo_stream
 
 END_DAY = date(2026, 11, 22)
 DAYS = [END_DAY - timedelta(days=n) for n in range(3, -1, -1)]
@@ -64,11 +63,7 @@ def outcomes_of(conn, project: Project) -> dict:
 def stream(tmp_path_factory):
     """The stream in a capture store, and in a Segment-layout schema of the real Postgres."""
     root = tmp_path_factory.mktemp("engines")
-    store = CaptureStore(root / "capture")
-    writer = store.writer()
-    for batch in demo_batches("shop", style="action", end_day=END_DAY, days=len(DAYS), devices=10, seed=5):
-        writer.append("shop", [normalize(m, batch.received_at, envelope=batch.envelope) for m in batch.messages])
-    writer.close()
+    store = capture_demo_stream(root / "capture", "shop", END_DAY, len(DAYS), devices=10, seed=5)
     schema = f"segment_{secrets.token_hex(4)}"
     load_postgres(schema, layout(list(store.read_records("shop", EVENTS, store.days("shop")))))
     yield root, store, schema

@@ -14,15 +14,14 @@ import pytest
 from vespucci_assets.capture import EVENTS, CaptureStore
 from vespucci_assets.defs.ingestion.sensors import warehouse_late_rows_sensor
 from vespucci_assets.defs.resources import VespucciHome
-from vespucci_assets.demo_data import demo_batches
 from vespucci_assets.home import Home
 from vespucci_assets.pipeline import build_all
 from vespucci_assets.projects import Project, Registry
 from vespucci_assets.runs import MaterializeFailed, materialize_partitions, register_projects
-from vespucci_assets.segment import normalize
 from vespucci_assets.segment_warehouse import SegmentWarehouse, WarehouseSourceError
 from vespucci_assets.warehouse import connect_warehouse
 from vespucci_assets_tests.segment_layout import PG_URL, append_postgres, layout, load_duckdb, load_postgres
+from vespucci_assets_tests.support import capture_demo_stream
 
 END_DAY = date(2026, 11, 22)
 DAYS = [END_DAY - timedelta(days=n) for n in range(3, -1, -1)]
@@ -35,12 +34,7 @@ EVENT_COLUMNS = "project_id, event_date, message_id, type, event, name, device_k
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
     """A four-day mobile stream (duplicates, skewed clocks, logins) through the capture store, and its records."""
-    root = tmp_path_factory.mktemp("capture")
-    store = CaptureStore(root / "capture")
-    writer = store.writer()
-    for batch in demo_batches("shop", style="action", end_day=END_DAY, days=len(DAYS), devices=10, seed=5):
-        writer.append("shop", [normalize(m, batch.received_at, envelope=batch.envelope) for m in batch.messages])
-    writer.close()
+    store = capture_demo_stream(tmp_path_factory.mktemp("capture") / "capture", "shop", END_DAY, len(DAYS), devices=10, seed=5)
     records = list(store.read_records("shop", EVENTS, store.days("shop")))
     return store, records
 
