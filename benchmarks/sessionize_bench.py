@@ -38,9 +38,10 @@ References, measured after the pipeline on the same data in the same process:
 - pandas: the member rows (device_key, timestamp) fetched into pandas, sorted, per-device
   diff, new session where the gap > 30 min, cumsum, count. pandas seconds = fetch + compute.
   Our time-based seconds = the statements of build_session_events that only the time
-  method needs (time_groups, time_cuts, time_membership, its session_events insert)
-  + everything in it that both methods share (window_members, window_newest, deletes,
-  commit, counts: charged in full to time, as a time-only build would still pay it)
+  method needs (time_runs, the per-window recompute's time_groups/cuts/membership, its
+  session_events insert) + everything in it that both methods share (range_members,
+  window_newest, recompute_windows, deletes, commit, counts: charged in full to time, as
+  a time-only build would still pay it)
   + build_method_sessions('time'). pandas_ratio = pandas seconds / that. The session
   counts are printed side by side: ours also cuts at the max duration (24 h) and orders
   ties by lifecycle rank, received_at and messageId, so they can differ only there.
@@ -533,7 +534,7 @@ def statement_label(sql: str) -> str:
     text = " ".join(sql.split())
     target = re.match(r"(CREATE OR REPLACE TEMP TABLE \w+|CREATE TABLE \w+|INSERT INTO \w+|DELETE FROM \w+|\w+( \w+)?)", text)
     label = target.group(1) if target else text[:60]
-    source = re.search(r"FROM (\w+_membership|\w+_groups|summarized|target_days|first_copies)\b", text)
+    source = re.search(r"FROM (\w+_membership|\w+_groups|summarized|target_days)\b", text)
     if label.startswith("INSERT") and source:
         label += f" ... FROM {source.group(1)}"
     if label.startswith("DELETE"):
@@ -543,8 +544,9 @@ def statement_label(sql: str) -> str:
 
 def method_of(sql: str) -> str:
     """Which method a build_session_events statement serves: 'time', 'action' or 'shared'."""
-    time_only = re.search(r"\btime_(groups|cuts|membership)\b", sql)
-    action_only = re.search(r"\baction_(groups|cuts|membership)\b", sql)
+    method_tables = r"_(runs|groups|long_members|pieces_\d+|cuts|membership)\b"
+    time_only = re.search(r"\btime" + method_tables, sql)
+    action_only = re.search(r"\baction" + method_tables, sql)
     if time_only and not action_only:
         return TIME
     if action_only and not time_only:

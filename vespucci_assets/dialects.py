@@ -175,6 +175,10 @@ def _postgres_functions(node):
 def _spark_functions(node):
     if isinstance(node, exp.Anonymous) and node.name.upper() == "EPOCH_US":
         return exp.Anonymous(this="UNIX_MICROS", expressions=node.expressions)
+    if isinstance(node, exp.Window) and isinstance(node.this, exp.RowNumber) and not node.args.get("partition_by") \
+            and not node.args.get("order"):
+        # row_number() OVER () as a row id: Spark would funnel every row through one task for it.
+        return exp.Anonymous(this="MONOTONICALLY_INCREASING_ID", expressions=[])
     if isinstance(node, exp.PercentileCont) and node.expression is not None:  # quantile_cont(x, q)
         return exp.Anonymous(this="PERCENTILE", expressions=[node.this, node.expression])
     if isinstance(node, (exp.ArgMax, exp.ArgMin)):

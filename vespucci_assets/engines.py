@@ -103,6 +103,8 @@ class PostgresEngine(_Rows):
 
 
 _SPARK_SESSIONS: dict[str, object] = {}
+# The location whose tables each session's catalog names (the catalog is the process's own).
+_REGISTERED_LOCATION: dict[str, str] = {}
 
 
 def spark_session(master: str):
@@ -137,12 +139,18 @@ class SparkEngine(_Rows):
         except Exception as exc:  # a JVM that will not start, an unreachable master
             raise EngineError(f"cannot start Spark (master {master}): {str(exc).strip().splitlines()[0]}") from None
         self.location = location.rstrip("/")
+        if _REGISTERED_LOCATION.get(master) != self.location:
+            self._register_tables()
+            _REGISTERED_LOCATION[master] = self.location
+
+    def _register_tables(self) -> None:
+        """Name the location's tables in this session's catalog, with the partitions already written there."""
         for table in ALL_TABLES:
             self._path(f"{self.location}/{table.name}", lambda path, fs: fs.mkdirs(path))
-            # The catalog is the process's own; the data is the location's (dropping an external table keeps it).
+            # Dropping an external table forgets its name and keeps its files.
             self.spark.sql(f"DROP TABLE IF EXISTS {table.name}")
             self.spark.sql(
-                f"CREATE TABLE IF NOT EXISTS {table.name} ({_columns_ddl(table, _SPARK_TYPES)}) USING parquet "
+                f"CREATE TABLE {table.name} ({_columns_ddl(table, _SPARK_TYPES)}) USING parquet "
                 f"PARTITIONED BY (project_id, {table.date_column}) LOCATION '{self.location}/{table.name}'"
             )
             self.spark.sql(f"ALTER TABLE {table.name} RECOVER PARTITIONS")

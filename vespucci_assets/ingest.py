@@ -81,21 +81,28 @@ def build_events(conn, source: CaptureStore | SegmentWarehouse, project_id: str,
     else:
         source = capture_rows(conn, source.files(project_id, EVENTS, window), CAPTURED_COLUMNS)
     set_target_days(conn, days)
-    captured = ", ".join(CAPTURED_COLUMNS)
+    # Duplicates are rare: only the copies of messageIds seen more than once are ranked, so the
+    # payloads of all the others are never sorted.
     conn.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE first_copies AS
-        SELECT {captured}, ts, copies
-        FROM (
-            SELECT {captured}, CAST(timestamp AS TIMESTAMP) AS ts,
-                   count(*) OVER (PARTITION BY message_id) AS copies,
-                   row_number() OVER (PARTITION BY message_id ORDER BY ingested_ns, filename) AS copy_rank
-            FROM {source}
-            WHERE message_id IS NOT NULL AND timestamp IS NOT NULL
-        ) AS copies_ranked
-        WHERE copy_rank = 1
+        CREATE OR REPLACE TEMP TABLE repeated_ids AS
+        SELECT message_id, count(*) AS copies FROM {source}
+        WHERE message_id IS NOT NULL AND timestamp IS NOT NULL
+        GROUP BY message_id HAVING count(*) > 1
         """
     )
+    captured = ", ".join(CAPTURED_COLUMNS)
+    first_copies = f"""(
+        SELECT {captured}, CAST(timestamp AS TIMESTAMP) AS ts, 1 AS copies FROM {source} AS c
+        WHERE message_id IS NOT NULL AND timestamp IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM repeated_ids AS r WHERE r.message_id = c.message_id)
+        UNION ALL
+        SELECT {captured}, CAST(timestamp AS TIMESTAMP) AS ts, copies FROM (
+            SELECT c.*, r.copies, row_number() OVER (PARTITION BY c.message_id ORDER BY c.ingested_ns, c.filename) AS copy_rank
+            FROM {source} AS c JOIN repeated_ids AS r ON r.message_id = c.message_id
+        ) AS ranked
+        WHERE copy_rank = 1
+    ) AS first_copies"""
     with transaction(conn):
         delete_days(conn, "events", "event_date", project_id)
         delete_days(conn, "device_users_daily", "event_date", project_id)
@@ -113,7 +120,7 @@ def build_events(conn, source: CaptureStore | SegmentWarehouse, project_id: str,
                 {LIFECYCLE_RANK_SQL},
                 type IN ('track', 'screen', 'page'),
                 ingested_ns, copies
-            FROM first_copies
+            FROM {first_copies}
             WHERE CAST(ts AS DATE) IN (SELECT target_date FROM target_days)
             """,
             {"project_id": project_id},

@@ -42,6 +42,7 @@ def quality_check(check: quality.PartitionCheck) -> dg.AssetChecksDefinition:
             project = vespucci.project(project_id)
             with duckdb.project_connection(project) as conn:
                 outcomes = quality.run_partition_checks(conn, project_id, days, session_settings(project), only=check)
+                checked = _latest_materializations(context, check.asset, [str(partition_key(day, project_id)) for day in days])
                 for day in days:
                     outcome = outcomes[(check.asset, check.name, day)]
                     key = partition_key(day, project_id)
@@ -53,7 +54,7 @@ def quality_check(check: quality.PartitionCheck) -> dg.AssetChecksDefinition:
                         blocking=check.blocking,
                         description=outcome.summary,
                         partition=str(key),
-                        target_materialization_data=_latest_materialization(context, check.asset, key),
+                        target_materialization_data=checked.get(str(key)),
                         metadata={
                             "figure": dg.MetadataValue.float(float(outcome.figure)),
                             "examples": dg.MetadataValue.md(markdown_table(["example"], [(", ".join(map(str, row)),) for row in outcome.examples])),
@@ -65,16 +66,24 @@ def quality_check(check: quality.PartitionCheck) -> dg.AssetChecksDefinition:
     return _check
 
 
-def _latest_materialization(context: dg.AssetCheckExecutionContext, asset: str, key) -> AssetCheckEvaluationTargetMaterializationData | None:
-    """Ties a partition's evaluation to the materialization it checked, as Dagster does for single-partition runs."""
+def _latest_materializations(
+    context: dg.AssetCheckExecutionContext, asset: str, keys: list[str]
+) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
+    """Ties each partition's evaluation to the materialization it checked, as Dagster does for single-partition runs.
+
+    One query for all the partitions of the range (newest first), not one per partition.
+    """
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[str(key)]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=keys), limit=len(keys) * 4
     ).records
-    if not records:
-        return None
-    return AssetCheckEvaluationTargetMaterializationData(
-        run_id=records[0].event_log_entry.run_id, storage_id=records[0].storage_id, timestamp=records[0].timestamp
-    )
+    latest: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
+    for record in records:
+        key = record.event_log_entry.dagster_event.partition
+        if key not in latest:
+            latest[key] = AssetCheckEvaluationTargetMaterializationData(
+                run_id=record.event_log_entry.run_id, storage_id=record.storage_id, timestamp=record.timestamp
+            )
+    return latest
 
 
 CHECKS = [quality_check(check) for check in quality.PARTITION_CHECKS]
