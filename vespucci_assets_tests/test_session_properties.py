@@ -314,7 +314,7 @@ def partition_rows(pipeline: Pipeline) -> dict[str, list[tuple]]:
     return {table: pipeline.rows(f"SELECT * FROM {table} ORDER BY {order}") for table, order in PARTITION_TABLES.items()}
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=cases(), order=st.permutations(range(4)))
 def test_a_ranged_build_equals_each_day_built_alone_and_every_window_computed_alone(case: Case, order: list[int]):
     """SPEC §7: a partition is a function of its window, however many days one build covers (long runs included).
