@@ -39,7 +39,9 @@ def to_engine(sql: str, engine: str, params: dict | None = None) -> list[str]:
         tree = tree.transform(_postgres_functions).transform(_postgres_functions)  # nested calls
         name = _temp_table(tree)
         if name:
-            return [f"DROP TABLE IF EXISTS {name}", f"CREATE TEMPORARY TABLE {name} AS {tree.expression.sql(POSTGRES)}"]
+            # Autovacuum never analyzes temp tables: without statistics the planner picks nested loops.
+            return [f"DROP TABLE IF EXISTS {name}", f"CREATE TEMPORARY TABLE {name} AS {tree.expression.sql(POSTGRES)}",
+                    f"ANALYZE {name}"]
         return [tree.sql(POSTGRES)]
     if engine == SPARK:
         tree = _named_insert_columns(_inlined_windows(tree)).transform(_spark_functions)

@@ -30,6 +30,9 @@ DUCKDB_ENGINE, WAREHOUSE_ENGINE, SPARK_ENGINE = "duckdb", "warehouse", "spark"
 DEFAULT_ENGINE_SCHEMA = "vespucci"
 DEFAULT_SPARK_MASTER = "local[2]"
 _CACHE_TABLE = re.compile(r"CACHE TABLE (\w+) AS (.*)", re.DOTALL)
+_INSERT_INTO = re.compile(r"\s*INSERT INTO (\w+)", re.IGNORECASE)
+# Lookups by messageId (duplicates across days, members in two sessions), besides each table's days.
+_POSTGRES_INDEXES = {"events": {"message": "project_id, message_id"}, "session_events": {"message": "project_id, message_id"}}
 _POSTGRES_TYPES = {"JSON": "TEXT", "VARCHAR": "TEXT", "TINYINT": "SMALLINT", "DOUBLE": "DOUBLE PRECISION"}
 _SPARK_TYPES = {"JSON": "STRING", "VARCHAR": "STRING", "INTEGER": "INT"}
 
@@ -85,11 +88,17 @@ class PostgresEngine(_Rows):
         for table in ALL_TABLES:
             with contextlib.suppress(psycopg.errors.UniqueViolation):
                 self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table.name} ({_columns_ddl(table, _POSTGRES_TYPES)})")
+                for name, columns in _POSTGRES_INDEXES.get(table.name, {}).items() | {"days": f"project_id, {table.date_column}"}.items():
+                    self._conn.execute(f"CREATE INDEX IF NOT EXISTS {table.name}_{name} ON {table.name} ({columns})")
         self.execute(SESSIONS_VIEW)
 
     def execute(self, sql: str, params: dict | None = None) -> "PostgresEngine":
         for statement in to_engine(sql, POSTGRES, params):
             self.execute_native(statement)
+            inserted = _INSERT_INTO.match(statement)
+            if inserted:
+                # Fresh statistics for the next statement's plan; autovacuum comes too late.
+                self._conn.execute(f"ANALYZE {inserted.group(1)}")
         return self
 
     def execute_native(self, sql: str) -> "PostgresEngine":
@@ -118,6 +127,7 @@ def spark_session(master: str):
             .config("spark.sql.shuffle.partitions", os.environ.get("VESPUCCI_SPARK_SHUFFLE_PARTITIONS", "4"))
             .config("spark.ui.enabled", "false")
             .config("spark.log.level", "ERROR")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.ansi.enabled", "false")
         )
         if master.startswith("local"):

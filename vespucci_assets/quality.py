@@ -212,11 +212,10 @@ def action_session_shape(conn, project_id: str, days: list[date]) -> CheckOutcom
         conn,
         f"""
         WITH members AS (
-            SELECT se.session_id, se.seq, se.is_continuation, e.event, e.type,
+            SELECT se.session_id, se.seq, se.is_continuation, se.event, se.type,
                    max(se.seq) OVER (PARTITION BY se.session_id) AS last_seq,
-                   lead(e.event) OVER (PARTITION BY se.session_id ORDER BY se.seq) AS next_event
-            FROM session_events se JOIN events e
-              ON e.project_id = se.project_id AND e.event_date = se.event_date AND e.message_id = se.message_id
+                   lead(se.event) OVER (PARTITION BY se.session_id ORDER BY se.seq) AS next_event
+            FROM session_events se
             WHERE se.project_id = $p AND se.tracking_method = 'action' AND se.session_date IN {DAYS}
         )
         SELECT session_id, seq, event FROM members

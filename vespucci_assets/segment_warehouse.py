@@ -266,6 +266,7 @@ class SegmentWarehouse:
         try:
             engine.execute_native(f"DROP TABLE IF EXISTS {STAGED}")
             engine.execute_native(f"CREATE TEMPORARY TABLE {STAGED} AS {union}")
+            engine.execute_native(f"ANALYZE {STAGED}")
         except psycopg.Error as exc:
             raise self._error(f"reading failed: {str(exc).strip().splitlines()[0]}") from None
 

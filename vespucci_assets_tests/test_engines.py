@@ -176,6 +176,7 @@ def test_one_definition_transpiles_for_every_engine():
     assert to_engine(statement, "duckdb") == [statement]
     postgres = to_engine(statement, "postgres")
     assert postgres[0] == "DROP TABLE IF EXISTS x" and "ARRAY_AGG" in postgres[1] and "GROUP BY 1" in postgres[1]
+    assert postgres[2] == "ANALYZE x"
     spark = to_engine(statement, "spark")
     assert spark[0].startswith("CACHE TABLE x AS") and "MIN_BY" in spark[0]
 
