@@ -101,7 +101,7 @@ def validate_settings(project: Project) -> Project:
     if project.engine not in ENGINES:
         raise ProjectError(f"invalid engine {project.engine!r}: use one of {', '.join(ENGINES)}")
     if project.engine == "warehouse" and (
-        project.source != "warehouse" or urlsplit(project.warehouse_url or "").scheme in ("duckdb", "")
+        project.source != "warehouse" or urlsplit(project.warehouse_url or "").scheme not in ("postgresql", "postgres")
     ):
         raise ProjectError(
             "--engine warehouse computes inside the project's Segment warehouse: it needs --source warehouse "
