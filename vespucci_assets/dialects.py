@@ -23,6 +23,8 @@ import datetime as dt
 import sqlglot
 from sqlglot import exp
 
+from vespucci_assets.tables import ALL_TABLES
+
 DUCKDB, POSTGRES, SPARK = "duckdb", "postgres", "spark"
 _US = exp.Literal.number(1_000_000)
 
@@ -191,8 +193,6 @@ def _spark_functions(node):
 
 def _named_insert_columns(tree):
     """`INSERT INTO t SELECT` by position: Spark moves partition columns last, so name them all."""
-    from vespucci_assets.tables import ALL_TABLES
-
     if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Table):
         table = next((t for t in ALL_TABLES if t.name == tree.this.name), None)
         if table is not None:

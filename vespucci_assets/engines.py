@@ -21,7 +21,6 @@ import decimal
 import os
 import re
 from pathlib import Path
-from typing import Iterator
 
 from vespucci_assets.dialects import POSTGRES, SPARK, to_engine
 from vespucci_assets.tables import ALL_TABLES, SESSIONS_VIEW, Table
@@ -88,7 +87,8 @@ class PostgresEngine(_Rows):
         for table in ALL_TABLES:
             with contextlib.suppress(psycopg.errors.UniqueViolation):
                 self._conn.execute(f"CREATE TABLE IF NOT EXISTS {table.name} ({_columns_ddl(table, _POSTGRES_TYPES)})")
-                for name, columns in _POSTGRES_INDEXES.get(table.name, {}).items() | {"days": f"project_id, {table.date_column}"}.items():
+                indexes = {"days": f"project_id, {table.date_column}", **_POSTGRES_INDEXES.get(table.name, {})}
+                for name, columns in indexes.items():
                     self._conn.execute(f"CREATE INDEX IF NOT EXISTS {table.name}_{name} ON {table.name} ({columns})")
         self.execute(SESSIONS_VIEW)
 
@@ -211,20 +211,14 @@ class SparkEngine(_Rows):
         """The session stays up for the next connection of this process (start-up takes seconds)."""
 
 
-@contextlib.contextmanager
-def open_engine(project, home_root: Path) -> Iterator[PostgresEngine | SparkEngine]:
-    """The engine connection of a project whose engine is not the embedded DuckDB."""
+def connect_engine(project, home_root: Path) -> PostgresEngine | SparkEngine:
+    """The engine connection of a project whose engine is not the embedded DuckDB; the caller closes it."""
     if project.engine == WAREHOUSE_ENGINE:
         from vespucci_assets.segment_warehouse import SegmentWarehouse
 
-        engine = PostgresEngine(SegmentWarehouse.for_project(project).resolved_url(),
-                                os.environ.get("VESPUCCI_ENGINE_SCHEMA", DEFAULT_ENGINE_SCHEMA))
-    elif project.engine == SPARK_ENGINE:
-        engine = SparkEngine(os.environ.get("VESPUCCI_SPARK_MASTER", DEFAULT_SPARK_MASTER),
-                             os.environ.get("VESPUCCI_SPARK_LOCATION", str(Path(home_root) / "spark")))
-    else:
-        raise EngineError(f"project {project.project_id!r}: engine {project.engine!r} has no engine connection")
-    try:
-        yield engine
-    finally:
-        engine.close()
+        return PostgresEngine(SegmentWarehouse.for_project(project).resolved_url(),
+                              os.environ.get("VESPUCCI_ENGINE_SCHEMA", DEFAULT_ENGINE_SCHEMA))
+    if project.engine == SPARK_ENGINE:
+        return SparkEngine(os.environ.get("VESPUCCI_SPARK_MASTER", DEFAULT_SPARK_MASTER),
+                           os.environ.get("VESPUCCI_SPARK_LOCATION", str(Path(home_root) / "spark")))
+    raise EngineError(f"project {project.project_id!r}: engine {project.engine!r} has no engine connection")

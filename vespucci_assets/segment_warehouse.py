@@ -184,6 +184,10 @@ class SegmentWarehouse:
             WHERE {_q('timestamp')} >= {self._literal(start)} AND {_q('timestamp')} < {self._literal(end)}
         """
 
+    def _window_rows(self, start: datetime, end: datetime) -> str:
+        """Every Segment table's rows in [start, end), in the capture store's shape, as one query."""
+        return " UNION ALL ".join(self._select(t, c, start, end) for t, c in self._columns().items())
+
     def _json(self, keys: dict[str, str]) -> str:
         if not keys:
             return "'{}'"
@@ -228,8 +232,7 @@ class SegmentWarehouse:
     def _stage_duckdb(self, duck, start: datetime, end: datetime) -> None:
         import duckdb
 
-        columns = self._columns()
-        union = " UNION ALL ".join(self._select(t, c, start, end) for t, c in columns.items())
+        union = self._window_rows(start, end)
         self._attach(duck)
         try:
             duck.execute(f"CREATE OR REPLACE TEMP TABLE {STAGED} AS {union}")
@@ -262,7 +265,7 @@ class SegmentWarehouse:
     def _stage_in_place(self, engine, start: datetime, end: datetime) -> None:
         import psycopg
 
-        union = " UNION ALL ".join(self._select(t, c, start, end) for t, c in self._columns().items())
+        union = self._window_rows(start, end)
         try:
             engine.execute_native(f"DROP TABLE IF EXISTS {STAGED}")
             engine.execute_native(f"CREATE TEMPORARY TABLE {STAGED} AS {union}")
@@ -273,8 +276,7 @@ class SegmentWarehouse:
     def _stage_postgres(self, duck, start: datetime, end: datetime) -> None:
         import psycopg
 
-        columns = self._columns()
-        union = " UNION ALL ".join(self._select(t, c, start, end) for t, c in columns.items())
+        union = self._window_rows(start, end)
         with tempfile.NamedTemporaryFile(suffix=".csv", delete=False) as out, self._connect_pg() as conn:
             try:
                 with conn.cursor().copy(f"COPY ({union}) TO STDOUT WITH (FORMAT csv)") as copy:

@@ -11,7 +11,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from vespucci_assets.capture import CaptureStore
-from vespucci_assets.engines import DUCKDB_ENGINE, EngineError, open_engine
+from vespucci_assets.engines import DUCKDB_ENGINE, EngineError, connect_engine
 from vespucci_assets.home import Home
 from vespucci_assets.projects import Project, ProjectError, Registry
 from vespucci_assets.warehouse import DEFAULT_LOCK_TIMEOUT_S, connect_warehouse, writer_lock
@@ -61,14 +61,13 @@ class Warehouse(DuckDBResource):
                 yield conn
             return
         try:
-            engine = open_engine(project, Path(self.database).parent)
-            conn = engine.__enter__()
+            engine = connect_engine(project, Path(self.database).parent)
         except EngineError as exc:
             raise dg.Failure(description=f"project {project.project_id!r}: {exc}") from None
         try:
-            yield conn
+            yield engine
         finally:
-            engine.__exit__(None, None, None)
+            engine.close()
 
 
 def build_resources(home: Home) -> dict:
