@@ -4,7 +4,7 @@ Default: 3 projects x 30 days x 1,000,000 events a day, generated into the captu
 the sessionize benchmark's DuckDB generator. The same days are then computed twice from the
 same capture store:
 
-- the plain pipeline (`pipeline.build_all`: the same SQL, no orchestrator) into one DuckDB file;
+- the plain pipeline (`pipeline.build_all`: the same SQL, no orchestrator) into its own DuckDB file;
 - `vespucci materialize`'s path (`runs.materialize_partitions`: one real Dagster run per
   project, a single-run backfill of all its days, every asset and every partition check)
   into another, recorded in a real Dagster instance.
@@ -16,6 +16,10 @@ Dagster overhead = (Dagster wall time - plain wall time incl. checks) / Dagster 
 launching runs, the executor, event-log writes, per-partition metadata. The share against
 the plain pipeline without checks is printed too. Both warehouses must hold the same
 sessions. The last line is machine-readable.
+
+Projects are done one at a time and each one's capture store is removed once both sides have
+read it: at 1M events a day, three projects' NDJSON (about 70 GB) would not fit beside the
+warehouses on a typical disk, while one project's (about 23 GB) does.
 """
 
 from __future__ import annotations
@@ -59,66 +63,72 @@ def main() -> None:
     try:
         home = Home(workdir / "home").ensure()
         registry = Registry(home.registry_path)
-        projects = [Project(project_id=f"app-{i}", name=f"App {i}", tracking_method="auto") for i in range(args.projects)]
-        events = args.events_per_day * args.days
-        started = time.perf_counter()
-        for i, project in enumerate(projects):
-            registry.add(project)
-            generate_in_child(home.capture_dir, events, max(1, events // (EVENTS_PER_DEVICE * args.days // 7)), seed=11 + i,
-                              memory_limit="6GB", project_id=project.project_id, days=args.days)
-        generated_s = time.perf_counter() - started
         store = CaptureStore(home.capture_dir)
-        days = sorted({d for p in projects for d in store.days(p.project_id)})
-        print(f"{args.projects} projects x {len(days)} days, {events * args.projects:,} events "
-              f"({events:,} per project), generated in {generated_s:.0f} s", flush=True)
+        events = args.events_per_day * args.days
+        plain, checks, run_s, sessions = {}, {}, {}, {}
+        generated_s, dagster_s, partitions, runs = 0.0, 0.0, 0, 0
+        print(f"{args.projects} projects x {args.days} days, {events * args.projects:,} events ({events:,} per project); "
+              "one project at a time, its capture store removed once both sides are done", flush=True)
+        for i in range(args.projects):
+            project = Project(project_id=f"app-{i}", name=f"App {i}", tracking_method="auto")
+            pid = project.project_id
+            registry.add(project)
+            t0 = time.perf_counter()
+            generate_in_child(home.capture_dir, events, max(1, events // (EVENTS_PER_DEVICE * args.days // 7)), seed=11 + i,
+                              memory_limit="6GB", project_id=pid, days=args.days)
+            generated_s += time.perf_counter() - t0
+            project_days = store.days(pid)
+            capture_gb = sum(f.stat().st_size for f in (home.capture_dir / pid).rglob("*") if f.is_file()) / 1e9
+            print(f"{pid}: {len(project_days)} days, {capture_gb:.1f} GB of NDJSON generated in {time.perf_counter() - t0:.0f} s",
+                  flush=True)
 
-        plain, checks = {}, {}
-        conn = connect_warehouse(workdir / "plain.duckdb")
-        for project in projects:
-            project_days = store.days(project.project_id)
+            plain_path = workdir / f"plain-{pid}.duckdb"
+            conn = connect_warehouse(plain_path)
             t0 = time.perf_counter()
             build_all(conn, store, project, project_days)
-            plain[project.project_id] = time.perf_counter() - t0
+            plain[pid] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            outcomes = run_partition_checks(conn, project.project_id, project_days, session_settings(project))
-            checks[project.project_id] = time.perf_counter() - t0
+            outcomes = run_partition_checks(conn, pid, project_days, session_settings(project))
+            checks[pid] = time.perf_counter() - t0
             failed = sorted({name for (_, name, _), outcome in outcomes.items() if not outcome.passed})
-            print(f"  plain pipeline {project.project_id}: {plain[project.project_id]:.1f} s, "
-                  f"{len(outcomes)} check results in {checks[project.project_id]:.1f} s"
+            print(f"  plain pipeline: {plain[pid]:.1f} s, {len(outcomes)} check results in {checks[pid]:.1f} s"
                   + (f" (not passed: {', '.join(failed)})" if failed else ""), flush=True)
-        conn.close()
+            conn.close()
 
-        t0 = time.perf_counter()
-        summary = materialize_partitions(home, progress=lambda line: print(f"  dagster {line}", flush=True))
-        dagster_s = time.perf_counter() - t0
-        instance = dagster_instance(home)
-        run_s = {}
-        for run_id in summary.runs:
-            stats = instance.get_run_stats(run_id)
-            run_s[instance.get_run_by_id(run_id).tags["vespucci/project"]] = stats.end_time - stats.start_time
+            t0 = time.perf_counter()
+            summary = materialize_partitions(home, [pid], progress=lambda line: print(f"  dagster {line}", flush=True))
+            dagster_s += time.perf_counter() - t0
+            partitions += summary.partitions
+            runs += len(summary.runs)
+            instance = dagster_instance(home)
+            for run_id in summary.runs:
+                stats = instance.get_run_stats(run_id)
+                run_s[pid] = stats.end_time - stats.start_time
 
-        with duckdb.connect(str(workdir / "plain.duckdb"), read_only=True) as a, \
-                duckdb.connect(str(home.warehouse_path), read_only=True) as b:
-            for table in COMPARED:
-                left = a.execute(f"SELECT count(*), count(DISTINCT session_date) FROM {table}").fetchone()
-                right = b.execute(f"SELECT count(*), count(DISTINCT session_date) FROM {table}").fetchone()
-                assert left == right, (table, left, right)
-            sessions = b.execute("SELECT count(*) FROM sessions").fetchone()[0]
+            with duckdb.connect(str(plain_path), read_only=True) as a, \
+                    duckdb.connect(str(home.warehouse_path), read_only=True) as b:
+                for table in COMPARED:
+                    query = f"SELECT count(*), count(DISTINCT session_date) FROM {table} WHERE project_id = ?"
+                    left, right = a.execute(query, [pid]).fetchone(), b.execute(query, [pid]).fetchone()
+                    assert left == right, (table, left, right)
+                sessions[pid] = b.execute("SELECT count(*) FROM sessions WHERE project_id = ?", [pid]).fetchone()[0]
+            plain_path.unlink()
+            shutil.rmtree(home.capture_dir / pid)
 
         plain_s = sum(plain.values())
         checked_s = plain_s + sum(checks.values())
         overhead = (dagster_s - checked_s) / dagster_s
         print()
-        print(f"{'project':<8} {'plain s':>9} {'checks s':>9} {'run s':>9}")
-        for project in projects:
-            pid = project.project_id
-            print(f"{pid:<8} {plain[pid]:>9.1f} {checks[pid]:>9.1f} {run_s.get(pid, 0):>9.1f}")
-        print(f"{'total':<8} {plain_s:>9.1f} {sum(checks.values()):>9.1f} {dagster_s:>9.1f}   (Dagster: {len(summary.runs)} runs, "
-              f"{summary.partitions} day partitions, wall time incl. launching)")
+        print(f"generated in {generated_s:.0f} s")
+        print(f"{'project':<8} {'plain s':>9} {'checks s':>9} {'run s':>9} {'sessions':>10}")
+        for pid in plain:
+            print(f"{pid:<8} {plain[pid]:>9.1f} {checks[pid]:>9.1f} {run_s.get(pid, 0):>9.1f} {sessions[pid]:>10,}")
+        print(f"{'total':<8} {plain_s:>9.1f} {sum(checks.values()):>9.1f} {dagster_s:>9.1f}   (Dagster: {runs} runs, "
+              f"{partitions} day partitions, wall time incl. launching)")
         print(f"Dagster overhead {overhead:.1%} against the plain pipeline with the same checks; "
               f"{(dagster_s - plain_s) / dagster_s:.1%} against the plain pipeline alone")
-        print(f"sessions: {sessions:,}; identical session counts in both warehouses for {', '.join(COMPARED)}")
-        print(f"backfill_wall_s={dagster_s:.1f} dagster_overhead={overhead:.3f} runs={len(summary.runs)} "
+        print(f"sessions: {sum(sessions.values()):,}; identical session counts in both warehouses for {', '.join(COMPARED)}")
+        print(f"backfill_wall_s={dagster_s:.1f} dagster_overhead={overhead:.3f} runs={runs} "
               f"events={events * args.projects} events_per_s={events * args.projects / dagster_s:.0f}")
     finally:
         if args.workdir is None:
