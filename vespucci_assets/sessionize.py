@@ -151,7 +151,11 @@ def _window_newest(conn, params: dict) -> None:
 
 
 def _range_members(conn, settings: SessionSettings, params: dict) -> None:
-    """Every member of the windows once, in device order, with its time chain and action span."""
+    """Every member of the windows once, in device order, with its time chain and action span.
+
+    A chain or span is named by the `rn` of its first member: a running max needs no
+    second aggregate, where a running count of starts would.
+    """
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE range_members AS
@@ -180,9 +184,8 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
         runs AS (
             SELECT device_key, message_id, event_date, {MEMBER_FIELDS}, ts_us, is_background, rn,
                    is_pre_open AND next_event_date > event_date AS pre_open_before_midnight,
-                   sum(starts_chain::INTEGER) OVER w AS time_grp,
-                   sum((is_pre_open OR (is_open AND NOT follows_pre_open))::INTEGER) OVER w AS action_grp,
-                   max(CASE WHEN is_pre_open OR (is_open AND NOT follows_pre_open) THEN rn END) OVER w AS last_start_rn,
+                   max(CASE WHEN starts_chain THEN rn END) OVER w AS time_grp,
+                   max(CASE WHEN is_pre_open OR (is_open AND NOT follows_pre_open) THEN rn END) OVER w AS action_grp,
                    max(CASE WHEN is_background THEN rn END) OVER (
                        PARTITION BY device_key ORDER BY rn ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
                    ) AS last_background_rn
@@ -191,7 +194,7 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
         )
         SELECT device_key, message_id, event_date, {MEMBER_FIELDS}, ts_us, is_background, rn, pre_open_before_midnight,
                time_grp, action_grp,
-               last_start_rn IS NOT NULL AND coalesce(last_background_rn, 0) < last_start_rn AS in_span
+               action_grp IS NOT NULL AND coalesce(last_background_rn, 0) < action_grp AS in_span
         FROM runs
         """,
         params,
