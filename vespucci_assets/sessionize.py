@@ -153,8 +153,8 @@ def _window_newest(conn, params: dict) -> None:
 def _range_members(conn, settings: SessionSettings, params: dict) -> None:
     """Every member of the windows once, in device order, with its time chain and action span.
 
-    A chain or span is named by the `rn` of its first member: a running max needs no
-    second aggregate, where a running count of starts would.
+    A chain or span is named by the `rn` of its first member. One running max then both
+    names a member's span and, against the last Backgrounded, says whether it is inside it.
     """
     conn.execute(
         f"""
