@@ -71,18 +71,24 @@ def _latest_materializations(
 ) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
     """Ties each partition's evaluation to the materialization it checked, as Dagster does for single-partition runs.
 
-    One query for all the partitions of the range (newest first), not one per partition.
+    One query per page of the range's materializations (newest first), not one per partition;
+    further pages only while a partition is unmatched (others re-materialized many times since).
     """
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=keys), limit=len(keys) * 4
-    ).records
     latest: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
-    for record in records:
-        key = record.event_log_entry.dagster_event.partition
-        if key not in latest:
-            latest[key] = AssetCheckEvaluationTargetMaterializationData(
-                run_id=record.event_log_entry.run_id, storage_id=record.storage_id, timestamp=record.timestamp
-            )
+    cursor = None
+    while True:
+        page = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=keys), limit=len(keys) * 4, cursor=cursor
+        )
+        for record in page.records:
+            key = record.event_log_entry.dagster_event.partition
+            if key not in latest:
+                latest[key] = AssetCheckEvaluationTargetMaterializationData(
+                    run_id=record.event_log_entry.run_id, storage_id=record.storage_id, timestamp=record.timestamp
+                )
+        if len(latest) == len(set(keys)) or not page.has_more:
+            break
+        cursor = page.cursor
     return latest
 
 
