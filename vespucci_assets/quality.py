@@ -195,14 +195,17 @@ def time_gap_rules(conn, project_id: str, days: list[date], settings: SessionSet
         conn,
         f"""
         WITH ordered AS (
-            SELECT se.session_id, se.device_key, se.seq, se.timestamp, se.is_continuation, se.long_activity,
+            SELECT se.session_id, s.device_key, se.seq, se.timestamp, s.is_continuation, s.long_activity,
                    lag(se.timestamp) OVER w AS previous_timestamp,
                    lag(se.session_id) OVER w AS previous_session
             FROM session_events se
+            JOIN session_summaries s
+              ON s.project_id = se.project_id AND s.tracking_method = se.tracking_method
+             AND s.session_date = se.session_date AND s.session_id = se.session_id
             WHERE se.project_id = $p AND se.tracking_method = 'time'
               AND se.session_date BETWEEN (SELECT min(target_date) - 2 FROM target_days) AND (SELECT max(target_date) FROM target_days)
-            WINDOW w AS (PARTITION BY se.device_key
-                         ORDER BY se.timestamp, se.lifecycle_rank, se.received_at, se.message_id)
+            -- Sessions of a device do not overlap (checked apart), so at equal timestamps the earlier session's members come first.
+            WINDOW w AS (PARTITION BY s.device_key ORDER BY se.timestamp, s.started_at, se.seq)
         )
         SELECT session_id, device_key, previous_timestamp, timestamp,
                CASE WHEN previous_session = session_id THEN 'gap inside session over timeout'
@@ -224,18 +227,27 @@ def action_session_shape(conn, project_id: str, days: list[date]) -> CheckOutcom
     return _violations(
         conn,
         f"""
-        WITH members AS (
-            SELECT se.session_id, se.seq, se.is_continuation, se.event, se.type,
+        WITH lifecycle AS (
+            SELECT event_date, message_id, event FROM events
+            WHERE project_id = $p AND type = 'track' AND lifecycle_rank <> 2  -- Installed, Updated, Opened, Backgrounded
+              AND event_date BETWEEN (SELECT min(target_date) FROM target_days) AND (SELECT max(target_date) + 1 FROM target_days)
+        ),
+        members AS (
+            SELECT se.session_id, se.seq, s.is_continuation, coalesce(l.event, '') AS event,
                    max(se.seq) OVER (PARTITION BY se.session_id) AS last_seq,
-                   lead(se.event) OVER (PARTITION BY se.session_id ORDER BY se.seq) AS next_event
+                   lead(coalesce(l.event, '')) OVER (PARTITION BY se.session_id ORDER BY se.seq) AS next_event
             FROM session_events se
+            JOIN session_summaries s
+              ON s.project_id = se.project_id AND s.tracking_method = se.tracking_method
+             AND s.session_date = se.session_date AND s.session_id = se.session_id
+            LEFT JOIN lifecycle l ON l.event_date = se.event_date AND l.message_id = se.message_id
             WHERE se.project_id = $p AND se.tracking_method = 'action' AND se.session_date IN {DAYS}
         )
         SELECT session_id, seq, event FROM members
         WHERE (seq = 1 AND NOT is_continuation AND NOT (
                    event = 'Application Opened'
                    OR (event IN ('Application Installed', 'Application Updated') AND next_event = 'Application Opened')))
-           OR (event = 'Application Backgrounded' AND type = 'track' AND seq <> last_seq)
+           OR (event = 'Application Backgrounded' AND seq <> last_seq)
         """,
         {"p": project_id},
         "action sessions of the wrong shape",
@@ -271,7 +283,7 @@ def long_activity_devices(conn, project_id: str, days: list[date]) -> CheckOutco
     return _violations(
         conn,
         f"""
-        SELECT DISTINCT tracking_method, device_key FROM session_events
+        SELECT DISTINCT tracking_method, device_key FROM session_summaries
         WHERE project_id = $p AND session_date IN {DAYS} AND long_activity
         """,
         {"p": project_id},

@@ -14,7 +14,11 @@ ORDER = "{'t': e.timestamp, 'r': e.lifecycle_rank, 'rec': e.received_at, 'm': e.
 
 
 def build_method_sessions(conn, project_id: str, days: list[date], method: str) -> int:
-    """Replace one method's session table for these days from `session_events`."""
+    """Replace one method's session table for these days: `session_summaries` plus the identify calls' userId.
+
+    The last userId of a session's members is in its summary; only sessions with an identify
+    call of the device inside their span need that member looked up, to compare the two in order.
+    """
     days = sorted_days(days)
     set_target_days(conn, days)
     table = SESSION_TABLES[method]
@@ -22,30 +26,12 @@ def build_method_sessions(conn, project_id: str, days: list[date], method: str) 
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE summarized AS
-        WITH members AS (
-            SELECT * FROM session_events
+        WITH summary AS (
+            SELECT * FROM session_summaries
             WHERE project_id = $project_id AND tracking_method = $method
               AND session_date IN (SELECT target_date FROM target_days)
         ),
-        summary AS (
-            SELECT project_id, session_date, session_id, device_key,
-                   max(anonymous_id) AS anonymous_id,
-                   min(timestamp) AS started_at,
-                   max(timestamp) AS ended_at,
-                   count(*) AS event_count,
-                   count(*) FILTER (WHERE type IN ('screen', 'page')) AS screen_count,
-                   count(*) FILTER (WHERE type = 'track') AS track_count,
-                   arg_min(name, CASE WHEN type IN ('screen', 'page') THEN seq END) AS first_screen,
-                   arg_max(name, CASE WHEN type IN ('screen', 'page') THEN seq END) AS last_screen,
-                   max(end_reason) AS end_reason,
-                   bool_or(is_continuation) AS is_continuation,
-                   bool_or(long_activity) AS long_activity
-            FROM members GROUP BY ALL
-        ),
-        user_calls AS (
-            SELECT session_id, user_id, timestamp, lifecycle_rank, received_at, message_id
-            FROM members WHERE user_id IS NOT NULL
-            UNION ALL
+        identify_calls AS (
             SELECT s.session_id, e.user_id, e.timestamp, e.lifecycle_rank, e.received_at, e.message_id
             FROM summary AS s
             JOIN events AS e
@@ -54,15 +40,25 @@ def build_method_sessions(conn, project_id: str, days: list[date], method: str) 
              AND e.timestamp BETWEEN s.started_at AND s.ended_at
             WHERE e.project_id = $project_id AND NOT e.is_member AND e.user_id IS NOT NULL
         ),
+        last_member_users AS (
+            SELECT s.session_id, e.user_id, e.timestamp, e.lifecycle_rank, e.received_at, e.message_id
+            FROM summary AS s
+            JOIN events AS e
+              ON e.project_id = s.project_id AND e.message_id = s.last_user_message_id
+             AND e.event_date BETWEEN s.session_date AND s.session_date + 1
+            WHERE e.project_id = $project_id AND s.session_id IN (SELECT session_id FROM identify_calls)
+        ),
         last_users AS (
-            SELECT session_id, arg_max(user_id, {ORDER}) AS user_id FROM user_calls AS e GROUP BY session_id
+            SELECT session_id, arg_max(user_id, {ORDER}) AS user_id
+            FROM (SELECT * FROM identify_calls UNION ALL SELECT * FROM last_member_users) AS e
+            GROUP BY session_id
         )
         SELECT s.project_id, s.session_date, s.session_id, $method AS tracking_method, s.device_key, s.anonymous_id,
-               u.user_id,
+               coalesce(u.user_id, s.last_user_id) AS user_id,
                s.started_at, s.ended_at,
                (epoch_us(s.ended_at) - epoch_us(s.started_at)) / 1000000.0 AS duration_s,
-               s.event_count, s.screen_count, s.track_count, s.first_screen, s.last_screen, s.end_reason,
-               s.is_continuation, s.long_activity
+               s.event_count, s.screen_count, s.event_count - s.screen_count AS track_count, s.first_screen, s.last_screen,
+               s.end_reason, s.is_continuation, s.long_activity
         FROM summary AS s
         LEFT JOIN last_users AS u USING (session_id)
         """,

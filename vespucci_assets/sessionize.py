@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from vespucci_assets.sql_utils import delete_days, set_target_days, sorted_days, transaction
-from vespucci_assets.tables import SESSION_EVENTS
+from vespucci_assets.tables import SESSION_EVENTS, SESSION_SUMMARIES
 
 TIME = "time"
 ACTION = "action"
@@ -29,8 +29,24 @@ PRE_OPEN_WINDOW_US = 5_000_000
 DAY_US = 86_400_000_000
 
 ORDER_KEY = "ts_us, lifecycle_rank, received_at, message_id"
-# Carried into session_events with each member (see tables.SESSION_EVENTS).
-MEMBER_FIELDS = "type, event, name, anonymous_id, user_id, lifecycle_rank, received_at"
+# What a session's summary needs of each member, kept narrow: every column is carried through two sorts.
+MEMBER_FIELDS = "is_screen, name, user_id, has_anonymous_id"
+NARROW_MEMBER_FIELDS_SQL = """type IN ('screen', 'page') AS is_screen, CASE WHEN type IN ('screen', 'page') THEN name END AS name,
+       user_id, anonymous_id IS NOT NULL AS has_anonymous_id"""
+
+
+def _summary_aggregates(order: str) -> str:
+    """A session's figures from its members, `order` being their order (see tables.SESSION_SUMMARIES)."""
+    return f"""count(*) AS event_count,
+           count(*) FILTER (WHERE is_screen) AS screen_count,
+           arg_min(name, CASE WHEN is_screen THEN {order} END) AS first_screen,
+           arg_max(name, CASE WHEN is_screen THEN {order} END) AS last_screen,
+           bool_or(has_anonymous_id) AS has_anonymous_id,
+           arg_max(user_id, CASE WHEN user_id IS NOT NULL THEN {order} END) AS last_user_id,
+           arg_max(message_id, CASE WHEN user_id IS NOT NULL THEN {order} END) AS last_user_message_id"""
+
+
+SUMMARY_FIELDS = "event_count, screen_count, first_screen, last_screen, has_anonymous_id, last_user_id, last_user_message_id"
 
 
 @dataclass(frozen=True)
@@ -83,15 +99,19 @@ def build_session_events(
         _window_membership(conn, method, settings, params)
     _day_spans(conn)
     with transaction(conn):
-        for table, column in (("session_events", "session_date"), ("orphan_events", "event_date"), ("session_method_choice", "session_date")):
+        for table in (SESSION_EVENTS, SESSION_SUMMARIES):
+            delete_days(conn, table.name, table.date_column, project_id)
+        for table, column in (("orphan_events", "event_date"), ("session_method_choice", "session_date")):
             delete_days(conn, table, column, project_id)
         for method in METHODS:
             _insert_session_events(conn, method, settings, params)
         conn.execute(
             """
             INSERT INTO orphan_events
-            SELECT $project_id, target_date, message_id, device_key, make_timestamp(ts_us), event
-            FROM day_spans WHERE NOT in_span
+            SELECT $project_id, d.target_date, d.message_id, d.device_key, make_timestamp(d.ts_us), e.event
+            FROM day_spans AS d
+            JOIN events AS e ON e.project_id = $project_id AND e.event_date = d.target_date AND e.message_id = d.message_id
+            WHERE NOT d.in_span
             """,
             params,
         )
@@ -115,11 +135,11 @@ def build_session_events(
     counts = conn.execute(
         """
         SELECT
-          (SELECT count(*) FROM session_events
-           WHERE project_id = $project_id AND tracking_method = 'time' AND seq = 1
+          (SELECT count(*) FROM session_summaries
+           WHERE project_id = $project_id AND tracking_method = 'time'
              AND session_date IN (SELECT target_date FROM target_days)),
-          (SELECT count(*) FROM session_events
-           WHERE project_id = $project_id AND tracking_method = 'action' AND seq = 1
+          (SELECT count(*) FROM session_summaries
+           WHERE project_id = $project_id AND tracking_method = 'action'
              AND session_date IN (SELECT target_date FROM target_days)),
           (SELECT count(*) FILTER (WHERE NOT in_span) FROM day_spans),
           (SELECT count(*) FROM day_spans)
@@ -155,12 +175,14 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
 
     A chain or span is named by the `rn` of its first member. One running max then both
     names a member's span and, against the last Backgrounded, says whether it is inside it.
+    Only what the summaries need travels with a member (MEMBER_FIELDS): the wide rows cost
+    half again as much to sort twice.
     """
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE range_members AS
         WITH members AS (
-            SELECT device_key, message_id, event_date, type, event, name, anonymous_id, user_id, lifecycle_rank, received_at,
+            SELECT device_key, message_id, event_date, {NARROW_MEMBER_FIELDS_SQL}, lifecycle_rank, received_at,
                    epoch_us(timestamp) AS ts_us,
                    type = 'track' AND event = 'Application Opened' AS is_open,
                    type = 'track' AND event = 'Application Backgrounded' AS is_background,
@@ -204,20 +226,20 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
 def _runs(conn) -> None:
     """Time chains (gaps within the timeout) and action spans (in-span members of one Opened) over the range."""
     conn.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE time_runs AS
         SELECT device_key, time_grp AS grp, min(rn) AS first_rn, min(ts_us) AS first_us, max(ts_us) AS last_us,
-               arg_min(message_id, rn) AS first_message_id
+               arg_min(message_id, rn) AS first_message_id, {_summary_aggregates("rn")}
         FROM range_members GROUP BY device_key, time_grp
         """
     )
     conn.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE action_runs AS
         SELECT *, lead(first_us) OVER (PARTITION BY device_key ORDER BY grp) AS next_start_us
         FROM (
             SELECT device_key, action_grp AS grp, min(rn) AS first_rn, min(ts_us) AS first_us, max(ts_us) AS last_us,
-                   arg_min(message_id, rn) AS first_message_id,
+                   arg_min(message_id, rn) AS first_message_id, {_summary_aggregates("rn")},
                    arg_max(is_background, rn) AS last_is_background
             FROM range_members WHERE in_span GROUP BY device_key, action_grp
         )
@@ -255,7 +277,7 @@ def _windows_to_recompute(conn, settings: SessionSettings, every_window: bool) -
 
 
 def _insert_session_events(conn, method: str, settings: SessionSettings, params: dict) -> None:
-    """Whole-range runs that start on a target day, plus the recomputed windows' sessions."""
+    """Whole-range runs that start on a target day, plus the recomputed windows' sessions: members and summaries."""
     if method == TIME:
         end_reason = f"CASE WHEN n.newest_us - r.last_us <= {settings.timeout_us} THEN 'open' ELSE 'inactivity' END"
         in_run = "m.time_grp = s.grp"
@@ -267,24 +289,46 @@ def _insert_session_events(conn, method: str, settings: SessionSettings, params:
         in_run = "m.in_span AND m.action_grp = s.grp"
     conn.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE {method}_owned AS
+        SELECT r.device_key, r.grp, r.first_rn, r.first_us, r.last_us, t.target_date AS session_date,
+               md5(concat_ws('|', $project_id, r.device_key, '{method}', r.first_message_id)) AS session_id,
+               {end_reason} AS end_reason, false AS is_continuation, false AS long_activity, {SUMMARY_FIELDS}
+        FROM {method}_runs AS r
+        JOIN target_days AS t ON t.target_date = CAST(make_timestamp(r.first_us) AS DATE)
+        JOIN window_newest AS n USING (target_date)
+        ANTI JOIN recompute_windows AS w ON w.target_date = t.target_date AND w.device_key = r.device_key
+        WHERE r.last_us - r.first_us <= {settings.max_us}
+        """,
+        params,
+    )
+    conn.execute(
+        f"""
         INSERT INTO session_events ({', '.join(SESSION_EVENTS.column_names)})
-        WITH sessions AS (
-            SELECT r.device_key, r.grp, r.first_rn, t.target_date AS session_date,
-                   md5(concat_ws('|', $project_id, r.device_key, '{method}', r.first_message_id)) AS session_id,
-                   {end_reason} AS end_reason
-            FROM {method}_runs AS r
-            JOIN target_days AS t ON t.target_date = CAST(make_timestamp(r.first_us) AS DATE)
-            JOIN window_newest AS n USING (target_date)
-            ANTI JOIN recompute_windows AS w ON w.target_date = t.target_date AND w.device_key = r.device_key
-            WHERE r.last_us - r.first_us <= {settings.max_us}
-        )
         SELECT $project_id, s.session_date, '{method}', s.session_id, m.message_id, m.rn - s.first_rn + 1,
-               make_timestamp(m.ts_us), m.event_date, m.device_key, s.end_reason, false, false, {MEMBER_FIELDS}
-        FROM range_members AS m JOIN sessions AS s ON m.device_key = s.device_key AND {in_run}
+               make_timestamp(m.ts_us), m.event_date
+        FROM range_members AS m JOIN {method}_owned AS s ON m.device_key = s.device_key AND {in_run}
         UNION ALL
-        SELECT $project_id, session_date, '{method}', session_id, message_id, seq,
-               make_timestamp(ts_us), event_date, device_key, end_reason, is_continuation, long_activity, {MEMBER_FIELDS}
+        SELECT $project_id, session_date, '{method}', session_id, message_id, seq, make_timestamp(ts_us), event_date
         FROM {method}_membership
+        """,
+        params,
+    )
+    conn.execute(
+        f"""
+        INSERT INTO session_summaries ({', '.join(SESSION_SUMMARIES.column_names)})
+        SELECT $project_id, session_date, '{method}', session_id, device_key, CASE WHEN has_anonymous_id THEN device_key END,
+               make_timestamp(first_us), make_timestamp(last_us), event_count, screen_count, first_screen, last_screen,
+               end_reason, is_continuation, long_activity, last_user_id, last_user_message_id
+        FROM (
+            SELECT session_date, session_id, device_key, first_us, last_us, end_reason, is_continuation, long_activity,
+                   {SUMMARY_FIELDS}
+            FROM {method}_owned
+            UNION ALL
+            SELECT session_date, session_id, device_key, min(ts_us), max(ts_us), end_reason, is_continuation, long_activity,
+                   {_summary_aggregates("seq")}
+            FROM {method}_membership
+            GROUP BY session_date, session_id, device_key, end_reason, is_continuation, long_activity
+        ) AS s
         """,
         params,
     )
@@ -295,12 +339,12 @@ def _day_spans(conn) -> None:
     conn.execute(
         """
         CREATE OR REPLACE TEMP TABLE day_spans AS
-        SELECT m.event_date AS target_date, m.device_key, m.message_id, m.ts_us, m.event, m.in_span
+        SELECT m.event_date AS target_date, m.device_key, m.message_id, m.ts_us, m.in_span
         FROM range_members AS m
         JOIN target_days AS t ON t.target_date = m.event_date
         ANTI JOIN recompute_windows AS w ON w.target_date = m.event_date AND w.device_key = m.device_key
         UNION ALL
-        SELECT target_date, device_key, message_id, ts_us, event, in_span
+        SELECT target_date, device_key, message_id, ts_us, in_span
         FROM action_groups WHERE event_date = target_date
         """
     )
@@ -315,10 +359,10 @@ def _qualified(alias: str, columns: str) -> str:
 
 def _window_members(conn, params: dict) -> None:
     conn.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE window_members AS
-        SELECT t.target_date, e.device_key, e.message_id, e.event_date, e.type, e.event, e.name, e.anonymous_id,
-               e.user_id, e.lifecycle_rank, e.received_at, epoch_us(e.timestamp) AS ts_us,
+        SELECT t.target_date, e.device_key, e.message_id, e.event_date, e.type, e.event,
+               {NARROW_MEMBER_FIELDS_SQL}, epoch_us(e.timestamp) AS ts_us,
                row_number() OVER (
                    PARTITION BY t.target_date, e.device_key
                    ORDER BY epoch_us(e.timestamp), e.lifecycle_rank, e.received_at, e.message_id
