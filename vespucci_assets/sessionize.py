@@ -97,7 +97,7 @@ def build_session_events(
     for method in METHODS:
         _cut_long_groups(conn, method, settings)
         _window_membership(conn, method, settings, params)
-    _day_spans(conn)
+    _day_coverage(conn)
     with transaction(conn):
         for table in (SESSION_EVENTS, SESSION_SUMMARIES):
             delete_days(conn, table.name, table.date_column, project_id)
@@ -106,10 +106,10 @@ def build_session_events(
         for method in METHODS:
             _insert_session_events(conn, method, settings, params)
         conn.execute(
-            """
+            f"""
             INSERT INTO orphan_events
             SELECT $project_id, d.target_date, d.message_id, d.device_key, make_timestamp(d.ts_us), e.event
-            FROM day_spans AS d
+            FROM {DAY_MEMBERS}
             JOIN events AS e ON e.project_id = $project_id AND e.event_date = d.target_date AND e.message_id = d.message_id
             WHERE NOT d.in_span
             """,
@@ -125,10 +125,7 @@ def build_session_events(
                         WHEN c.in_spans >= {AUTO_ACTION_THRESHOLD} * c.members AND c.members > 0 THEN 'action'
                         ELSE 'time' END
             FROM target_days t
-            LEFT JOIN (
-                SELECT target_date, count(*) AS members, count(*) FILTER (WHERE in_span) AS in_spans
-                FROM day_spans GROUP BY ALL
-            ) c USING (target_date)
+            LEFT JOIN day_coverage c USING (target_date)
             """,
             {**params, "configured": settings.tracking_method},
         )
@@ -141,8 +138,8 @@ def build_session_events(
           (SELECT count(*) FROM session_summaries
            WHERE project_id = $project_id AND tracking_method = 'action'
              AND session_date IN (SELECT target_date FROM target_days)),
-          (SELECT count(*) FILTER (WHERE NOT in_span) FROM day_spans),
-          (SELECT count(*) FROM day_spans)
+          (SELECT coalesce(sum(members - in_spans), 0) FROM day_coverage),
+          (SELECT coalesce(sum(members), 0) FROM day_coverage)
         """,
         params,
     ).fetchone()
@@ -175,14 +172,14 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
 
     A chain or span is named by the `rn` of its first member. One running max then both
     names a member's span and, against the last Backgrounded, says whether it is inside it.
-    Only what the summaries need travels with a member (MEMBER_FIELDS): the wide rows cost
-    half again as much to sort twice.
+    Only what the summaries need travels with a member (MEMBER_FIELDS; the event day is
+    its timestamp's date): the wide rows cost half again as much to sort twice.
     """
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE range_members AS
         WITH members AS (
-            SELECT device_key, message_id, event_date, {NARROW_MEMBER_FIELDS_SQL}, lifecycle_rank, received_at,
+            SELECT device_key, message_id, {NARROW_MEMBER_FIELDS_SQL}, lifecycle_rank, received_at,
                    epoch_us(timestamp) AS ts_us,
                    type = 'track' AND event = 'Application Opened' AS is_open,
                    type = 'track' AND event = 'Application Backgrounded' AS is_background,
@@ -192,20 +189,21 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
               AND event_date IN (SELECT event_date FROM window_days)
         ),
         neighbours AS (
-            SELECT device_key, message_id, event_date, {MEMBER_FIELDS}, ts_us, is_open, is_background,
+            SELECT device_key, message_id, {MEMBER_FIELDS}, ts_us, is_open, is_background,
                    row_number() OVER w AS rn,
                    coalesce(ts_us - lag(ts_us) OVER w > {settings.timeout_us}, true) AS starts_chain,
                    coalesce(is_setup AND lead(is_open) OVER w AND lead(ts_us) OVER w - ts_us <= {PRE_OPEN_WINDOW_US}, false)
                        AS is_pre_open,
                    coalesce(is_open AND lag(is_setup) OVER w AND ts_us - lag(ts_us) OVER w <= {PRE_OPEN_WINDOW_US}, false)
                        AS follows_pre_open,
-                   lead(event_date) OVER w AS next_event_date
+                   coalesce(is_setup AND lead(is_open) OVER w AND lead(ts_us) OVER w - ts_us <= {PRE_OPEN_WINDOW_US}
+                            AND CAST(make_timestamp(lead(ts_us) OVER w) AS DATE) > CAST(make_timestamp(ts_us) AS DATE), false)
+                       AS pre_open_before_midnight
             FROM members
             WINDOW w AS (PARTITION BY device_key ORDER BY {ORDER_KEY})
         ),
         runs AS (
-            SELECT device_key, message_id, event_date, {MEMBER_FIELDS}, ts_us, is_background, rn,
-                   is_pre_open AND next_event_date > event_date AS pre_open_before_midnight,
+            SELECT device_key, message_id, {MEMBER_FIELDS}, ts_us, is_background, rn, pre_open_before_midnight,
                    max(CASE WHEN starts_chain THEN rn END) OVER w AS time_grp,
                    max(CASE WHEN is_pre_open OR (is_open AND NOT follows_pre_open) THEN rn END) OVER w AS action_grp,
                    max(CASE WHEN is_background THEN rn END) OVER (
@@ -214,8 +212,8 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
             FROM neighbours
             WINDOW w AS (PARTITION BY device_key ORDER BY rn ROWS UNBOUNDED PRECEDING)
         )
-        SELECT device_key, message_id, event_date, {MEMBER_FIELDS}, ts_us, is_background, rn, pre_open_before_midnight,
-               time_grp, action_grp,
+        SELECT device_key, message_id, CAST(make_timestamp(ts_us) AS DATE) AS event_date, {MEMBER_FIELDS}, ts_us,
+               is_background, rn, pre_open_before_midnight, time_grp, action_grp,
                action_grp IS NOT NULL AND coalesce(last_background_rn, 0) < action_grp AS in_span
         FROM runs
         """,
@@ -334,18 +332,25 @@ def _insert_session_events(conn, method: str, settings: SessionSettings, params:
     )
 
 
-def _day_spans(conn) -> None:
-    """Each target day's members with whether they are inside a foreground span (orphans, method choice)."""
+# Each target day's members with whether they are inside a foreground span (orphans, method choice).
+DAY_MEMBERS = """(
+    SELECT m.event_date AS target_date, m.device_key, m.message_id, m.ts_us, m.in_span
+    FROM range_members AS m
+    JOIN target_days AS t ON t.target_date = m.event_date
+    ANTI JOIN recompute_windows AS w ON w.target_date = m.event_date AND w.device_key = m.device_key
+    UNION ALL
+    SELECT target_date, device_key, message_id, ts_us, in_span
+    FROM action_groups WHERE event_date = target_date
+) AS d"""
+
+
+def _day_coverage(conn) -> None:
+    """Per target day, its members and how many are inside a foreground span."""
     conn.execute(
-        """
-        CREATE OR REPLACE TEMP TABLE day_spans AS
-        SELECT m.event_date AS target_date, m.device_key, m.message_id, m.ts_us, m.in_span
-        FROM range_members AS m
-        JOIN target_days AS t ON t.target_date = m.event_date
-        ANTI JOIN recompute_windows AS w ON w.target_date = m.event_date AND w.device_key = m.device_key
-        UNION ALL
-        SELECT target_date, device_key, message_id, ts_us, in_span
-        FROM action_groups WHERE event_date = target_date
+        f"""
+        CREATE OR REPLACE TEMP TABLE day_coverage AS
+        SELECT target_date, count(*) AS members, count(*) FILTER (WHERE in_span) AS in_spans
+        FROM {DAY_MEMBERS} GROUP BY target_date
         """
     )
 
