@@ -33,7 +33,9 @@ Every conn.execute is timed too (a thin wrapper), so the slowest statements can 
 
 References, measured after the pipeline on the same data in the same process:
 - floor: `CREATE TABLE floor AS SELECT <the columns sessionization reads> FROM events
-  WHERE is_member ORDER BY device_key, timestamp` (one sorted copy of the members).
+  WHERE is_member ORDER BY device_key, timestamp` (one sorted copy of the members), timed
+  twice after the pipeline's temp tables are dropped and a CHECKPOINT, so neither their
+  memory nor a pending checkpoint slows it; the faster copy counts (the stricter floor).
   floor_ratio = (session_events + sessions_time + sessions_action) / floor.
 - output copy: `CREATE TABLE ... AS SELECT <session_events' contract columns> FROM
   session_events` (no order, no computation): what merely writing the required output
@@ -641,6 +643,11 @@ def run_pipeline(conn: TimedConnection, store: CaptureStore, days: list[date]) -
     return phases
 
 
+def drop_temp_tables(conn) -> None:
+    for (name,) in conn.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall():
+        conn.execute(f"DROP TABLE temp.main.{name}")
+
+
 def timed_copy(conn, query: str) -> float:
     """Seconds to write the query's rows into a new table (dropped afterwards)."""
     conn.execute("DROP TABLE IF EXISTS timed_copy")
@@ -782,9 +789,12 @@ def main() -> None:
         other_cores = max(0.0, (cpu_busy_s() - busy_before) - (own_cpu_s() - own_before)) / wall
         total_s = sum(phases.values())
 
-        start = time.perf_counter()
-        floor_s = timed_copy(raw, FLOOR_QUERY)
-        print(f"  floor copy       {floor_s:>9.2f} s   (members ordered by device_key, timestamp)", flush=True)
+        drop_temp_tables(raw)
+        raw.execute("CHECKPOINT")
+        floor_runs = [timed_copy(raw, FLOOR_QUERY) for _ in range(2)]
+        floor_s = min(floor_runs)
+        print(f"  floor copy       {floor_s:>9.2f} s   (members ordered by device_key, timestamp; "
+              f"runs {', '.join(f'{r:.2f}' for r in floor_runs)} s)", flush=True)
         output_s = timed_copy(raw, OUTPUT_COPY_QUERY)
         print(f"  output copy      {output_s:>9.2f} s   (session_events' contract columns, both methods, copied as they are)", flush=True)
         peak_rss = rss_mb()

@@ -42,7 +42,7 @@ METHOD_CHOICE_FIGURES = {
 def session_events_asset(
     context: dg.AssetExecutionContext, vespucci: VespucciHome, duckdb: Warehouse
 ) -> dg.MaterializeResult:
-    """Which members make each session (both methods), orphans, and the auto method choice."""
+    """Which members make each session (both methods), the sessions' summaries, orphans, and the auto method choice."""
     for project_id, days in days_by_project(context.partition_keys).items():
         project = vespucci.project(project_id)
         with duckdb.project_connection(project) as conn:
