@@ -27,15 +27,17 @@ the steps of `pipeline.build_all` over all event days (one set-based run, as a b
 each as a phase: `events` (build_events), `quarantine`, `session_events`
 (build_session_events, both methods), `sessions_time` / `sessions_action`
 (build_method_sessions), `chosen` (build_chosen_sessions) and `metrics` (build_metrics).
-Every conn.execute is timed too (a thin wrapper), so the slowest statements can be listed.
+Each phase ends with a CHECKPOINT (timed: it pays for making its own writes durable, as a
+Dagster step closing its connection does) and the next opens a new connection, as a new
+step does. Every conn.execute is timed too (a thin wrapper), so the slowest statements can be listed.
 
     sessionize_events_per_s = lines in the capture store / total seconds of all phases
 
 References, measured after the pipeline on the same data in the same process:
 - floor: `CREATE TABLE floor AS SELECT <the columns sessionization reads> FROM events
-  WHERE is_member ORDER BY device_key, timestamp` (one sorted copy of the members), timed
-  twice after the pipeline's temp tables are dropped and a CHECKPOINT, so neither their
-  memory nor a pending checkpoint slows it; the faster copy counts (the stricter floor).
+  WHERE is_member ORDER BY device_key, timestamp` (one sorted copy of the members) and its
+  CHECKPOINT, timed twice on a new connection after the pipeline; the faster copy counts
+  (the stricter floor).
   floor_ratio = (session_events + sessions_time + sessions_action) / floor.
 - output copy: `CREATE TABLE ... AS SELECT <session_events' contract columns> FROM
   session_events` (no order, no computation): what merely writing the required output
@@ -519,8 +521,9 @@ SQL_HELPERS = ("transaction", "set_target_days", "delete_days")
 class TimedConnection:
     """Times every execute (the build functions only call execute) and tags it with its phase and caller."""
 
-    def __init__(self, conn):
-        self._conn = conn
+    def __init__(self, open_connection):
+        self._open = open_connection
+        self._conn = open_connection()
         self.phase = "setup"
         self.statements: list[tuple[str, str, str, float]] = []  # (phase, caller, sql, seconds)
 
@@ -533,6 +536,15 @@ class TimedConnection:
         result = self._conn.execute(sql) if parameters is None else self._conn.execute(sql, parameters)
         self.statements.append((self.phase, where, sql, time.perf_counter() - start))
         return result
+
+    def reconnect(self) -> None:
+        """A new connection, as each Dagster step opens its own: no temp tables or caches carried over."""
+        self._conn.close()
+        self._conn = self._open()
+
+    @property
+    def raw(self):
+        return self._conn
 
     def __getattr__(self, name):
         return getattr(self._conn, name)
@@ -637,15 +649,12 @@ def run_pipeline(conn: TimedConnection, store: CaptureStore, days: list[date]) -
         conn.phase = name
         start = time.perf_counter()
         step()
+        conn.execute("CHECKPOINT")  # a phase pays for making its own writes durable, as a Dagster step does
         phases[name] = time.perf_counter() - start
         print(f"  {name:<16} {phases[name]:>9.2f} s", flush=True)
+        conn.reconnect()
     conn.phase = "after"
     return phases
-
-
-def drop_temp_tables(conn) -> None:
-    for (name,) in conn.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall():
-        conn.execute(f"DROP TABLE temp.main.{name}")
 
 
 def timed_copy(conn, query: str) -> float:
@@ -653,6 +662,7 @@ def timed_copy(conn, query: str) -> float:
     conn.execute("DROP TABLE IF EXISTS timed_copy")
     start = time.perf_counter()
     conn.execute(f"CREATE TABLE timed_copy AS {query}")
+    conn.execute("CHECKPOINT")
     elapsed = time.perf_counter() - start
     conn.execute("DROP TABLE timed_copy")
     return elapsed
@@ -775,10 +785,14 @@ def main() -> None:
         for leftover in (db_path, Path(f"{db_path}.wal")):
             leftover.unlink(missing_ok=True)
         spill = workdir / "duckdb-tmp"
-        raw = connect_warehouse(db_path, memory_limit=args.memory_limit)
-        raw.execute(f"SET temp_directory = {_lit(str(spill))}")
-        raw.execute("SET enable_progress_bar = false")
-        conn = TimedConnection(raw)
+
+        def open_warehouse():
+            opened = connect_warehouse(db_path, memory_limit=args.memory_limit)
+            opened.execute(f"SET temp_directory = {_lit(str(spill))}")
+            opened.execute("SET enable_progress_bar = false")
+            return opened
+
+        conn = TimedConnection(open_warehouse)
         if args.wait_idle:
             wait_for_idle(args.wait_idle)
 
@@ -789,8 +803,7 @@ def main() -> None:
         other_cores = max(0.0, (cpu_busy_s() - busy_before) - (own_cpu_s() - own_before)) / wall
         total_s = sum(phases.values())
 
-        drop_temp_tables(raw)
-        raw.execute("CHECKPOINT")
+        raw = conn.raw  # a new connection since the last phase
         floor_runs = [timed_copy(raw, FLOOR_QUERY) for _ in range(2)]
         floor_s = min(floor_runs)
         print(f"  floor copy       {floor_s:>9.2f} s   (members ordered by device_key, timestamp; "
