@@ -88,6 +88,7 @@ def build_session_events(
         "SELECT DISTINCT target_date + o::INTEGER AS event_date FROM target_days, (VALUES (-1), (0), (1)) AS offsets(o)"
     )
     _window_newest(conn, params)
+    _window_devices(conn, params)
     _range_members(conn, settings, params)
     _runs(conn)
     _windows_to_recompute(conn, settings, every_window)
@@ -108,8 +109,9 @@ def build_session_events(
         conn.execute(
             f"""
             INSERT INTO orphan_events
-            SELECT $project_id, d.target_date, d.message_id, d.device_key, make_timestamp(d.ts_us), e.event
+            SELECT $project_id, d.target_date, d.message_id, k.device_key, make_timestamp(d.ts_us), e.event
             FROM {DAY_MEMBERS}
+            JOIN window_devices AS k ON k.device_no = d.device_no
             JOIN events AS e ON e.project_id = $project_id AND e.event_date = d.target_date AND e.message_id = d.message_id
             WHERE NOT d.in_span
             """,
@@ -167,6 +169,21 @@ def _window_newest(conn, params: dict) -> None:
     )
 
 
+def _window_devices(conn, params: dict) -> None:
+    """The windows' device keys numbered: every sort, group and join below keys on the integer."""
+    conn.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE window_devices AS
+        SELECT device_key, CAST(row_number() OVER (ORDER BY device_key) AS INTEGER) AS device_no
+        FROM (
+            SELECT DISTINCT device_key FROM events
+            WHERE project_id = $project_id AND is_member AND event_date IN (SELECT event_date FROM window_days)
+        ) AS d
+        """,
+        params,
+    )
+
+
 def _range_members(conn, settings: SessionSettings, params: dict) -> None:
     """Every member of the windows once, in device order, with its time chain and action span.
 
@@ -182,17 +199,17 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
         f"""
         CREATE OR REPLACE TEMP TABLE range_members AS
         WITH members AS (
-            SELECT device_key, message_id, {NARROW_MEMBER_FIELDS_SQL}, lifecycle_rank, received_at,
+            SELECT device_no, message_id, {NARROW_MEMBER_FIELDS_SQL}, lifecycle_rank, received_at,
                    epoch_us(timestamp) AS ts_us,
                    type = 'track' AND event = 'Application Opened' AS is_open,
                    type = 'track' AND event = 'Application Backgrounded' AS is_background,
                    type = 'track' AND event IN ('Application Installed', 'Application Updated') AS is_setup
-            FROM events
+            FROM events JOIN window_devices USING (device_key)
             WHERE project_id = $project_id AND is_member
               AND event_date IN (SELECT event_date FROM window_days)
         ),
         neighbours AS (
-            SELECT device_key, message_id, {MEMBER_FIELDS}, ts_us, is_open, is_background,
+            SELECT device_no, message_id, {MEMBER_FIELDS}, ts_us, is_open, is_background,
                    row_number() OVER w AS rn,
                    coalesce(ts_us - lag(ts_us) OVER w > {settings.timeout_us}, true) AS starts_chain,
                    coalesce(is_setup AND lead(is_open) OVER w AND lead(ts_us) OVER w - ts_us <= {PRE_OPEN_WINDOW_US}, false)
@@ -204,17 +221,17 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
                             AND CAST(make_timestamp(lead(ts_us) OVER w) AS DATE) > CAST(make_timestamp(ts_us) AS DATE), false)
                        AS pre_open_before_midnight
             FROM members
-            WINDOW w AS (PARTITION BY device_key ORDER BY {ORDER_KEY})
+            WINDOW w AS (PARTITION BY device_no ORDER BY {ORDER_KEY})
         ),
         runs AS (
-            SELECT device_key, message_id, {MEMBER_FIELDS}, ts_us, is_background, rn, pre_open_before_midnight,
+            SELECT device_no, message_id, {MEMBER_FIELDS}, ts_us, is_background, rn, pre_open_before_midnight,
                    max(CASE WHEN starts_chain THEN rn END) OVER w AS time_grp,
                    max(CASE WHEN is_pre_open OR (is_open AND NOT follows_pre_open) THEN 2 * rn + 1
                             WHEN follows_background THEN 2 * rn - 2 END) OVER w AS span_mark
             FROM neighbours
-            WINDOW w AS (PARTITION BY device_key ORDER BY rn ROWS UNBOUNDED PRECEDING)
+            WINDOW w AS (PARTITION BY device_no ORDER BY rn ROWS UNBOUNDED PRECEDING)
         )
-        SELECT device_key, message_id, CAST(make_timestamp(ts_us) AS DATE) AS event_date, {MEMBER_FIELDS}, ts_us,
+        SELECT device_no, message_id, CAST(make_timestamp(ts_us) AS DATE) AS event_date, {MEMBER_FIELDS}, ts_us,
                is_background, rn, pre_open_before_midnight, time_grp,
                CASE WHEN span_mark % 2 = 1 THEN CAST((span_mark - 1) / 2 AS BIGINT) END AS action_grp,
                coalesce(span_mark % 2 = 1, false) AS in_span
@@ -229,20 +246,20 @@ def _runs(conn) -> None:
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE time_runs AS
-        SELECT device_key, time_grp AS grp, min(rn) AS first_rn, min(ts_us) AS first_us, max(ts_us) AS last_us,
+        SELECT device_no, time_grp AS grp, min(rn) AS first_rn, min(ts_us) AS first_us, max(ts_us) AS last_us,
                arg_min(message_id, rn) AS first_message_id, {_summary_aggregates("rn")}
-        FROM range_members GROUP BY device_key, time_grp
+        FROM range_members GROUP BY device_no, time_grp
         """
     )
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE action_runs AS
-        SELECT *, lead(first_us) OVER (PARTITION BY device_key ORDER BY grp) AS next_start_us
+        SELECT *, lead(first_us) OVER (PARTITION BY device_no ORDER BY grp) AS next_start_us
         FROM (
-            SELECT device_key, action_grp AS grp, min(rn) AS first_rn, min(ts_us) AS first_us, max(ts_us) AS last_us,
+            SELECT device_no, action_grp AS grp, min(rn) AS first_rn, min(ts_us) AS first_us, max(ts_us) AS last_us,
                    arg_min(message_id, rn) AS first_message_id, {_summary_aggregates("rn")},
                    arg_max(is_background, rn) AS last_is_background
-            FROM range_members WHERE in_span GROUP BY device_key, action_grp
+            FROM range_members WHERE in_span GROUP BY device_no, action_grp
         )
         """
     )
@@ -254,7 +271,7 @@ def _windows_to_recompute(conn, settings: SessionSettings, every_window: bool) -
         conn.execute(
             """
             CREATE OR REPLACE TEMP TABLE recompute_windows AS
-            SELECT DISTINCT t.target_date, m.device_key
+            SELECT DISTINCT t.target_date, m.device_no
             FROM range_members AS m JOIN target_days AS t ON m.event_date BETWEEN t.target_date - 1 AND t.target_date + 1
             """
         )
@@ -263,15 +280,15 @@ def _windows_to_recompute(conn, settings: SessionSettings, every_window: bool) -
         f"""
         CREATE OR REPLACE TEMP TABLE recompute_windows AS
         WITH reaches AS (
-            SELECT device_key, CAST(make_timestamp(first_us) AS DATE) - 1 AS from_day,
+            SELECT device_no, CAST(make_timestamp(first_us) AS DATE) - 1 AS from_day,
                    CAST(make_timestamp(last_us) AS DATE) + 1 AS to_day
-            FROM (SELECT device_key, first_us, last_us FROM time_runs
-                  UNION ALL SELECT device_key, first_us, last_us FROM action_runs)
+            FROM (SELECT device_no, first_us, last_us FROM time_runs
+                  UNION ALL SELECT device_no, first_us, last_us FROM action_runs)
             WHERE last_us - first_us > {settings.max_us}
             UNION ALL
-            SELECT device_key, event_date - 1, event_date - 1 FROM range_members WHERE pre_open_before_midnight
+            SELECT device_no, event_date - 1, event_date - 1 FROM range_members WHERE pre_open_before_midnight
         )
-        SELECT DISTINCT t.target_date, r.device_key
+        SELECT DISTINCT t.target_date, r.device_no
         FROM reaches AS r JOIN target_days AS t ON t.target_date BETWEEN r.from_day AND r.to_day
         """
     )
@@ -291,13 +308,14 @@ def _insert_session_events(conn, method: str, settings: SessionSettings, params:
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {method}_owned AS
-        SELECT r.device_key, r.grp, r.first_rn, r.first_us, r.last_us, t.target_date AS session_date,
-               md5(concat_ws('|', $project_id, r.device_key, '{method}', r.first_message_id)) AS session_id,
+        SELECT r.device_no, d.device_key, r.grp, r.first_rn, r.first_us, r.last_us, t.target_date AS session_date,
+               md5(concat_ws('|', $project_id, d.device_key, '{method}', r.first_message_id)) AS session_id,
                {end_reason} AS end_reason, false AS is_continuation, false AS long_activity, {SUMMARY_FIELDS}
         FROM {method}_runs AS r
         JOIN target_days AS t ON t.target_date = CAST(make_timestamp(r.first_us) AS DATE)
         JOIN window_newest AS n USING (target_date)
-        ANTI JOIN recompute_windows AS w ON w.target_date = t.target_date AND w.device_key = r.device_key
+        JOIN window_devices AS d ON d.device_no = r.device_no
+        ANTI JOIN recompute_windows AS w ON w.target_date = t.target_date AND w.device_no = r.device_no
         WHERE r.last_us - r.first_us <= {settings.max_us}
         """,
         params,
@@ -307,7 +325,7 @@ def _insert_session_events(conn, method: str, settings: SessionSettings, params:
         INSERT INTO session_events ({', '.join(SESSION_EVENTS.column_names)})
         SELECT $project_id, s.session_date, '{method}', s.session_id, m.message_id, m.rn - s.first_rn + 1,
                make_timestamp(m.ts_us), m.event_date
-        FROM range_members AS m JOIN {method}_owned AS s ON m.device_key = s.device_key AND {in_run}
+        FROM range_members AS m JOIN {method}_owned AS s ON m.device_no = s.device_no AND {in_run}
         UNION ALL
         SELECT $project_id, session_date, '{method}', session_id, message_id, seq, make_timestamp(ts_us), event_date
         FROM {method}_membership
@@ -327,7 +345,7 @@ def _insert_session_events(conn, method: str, settings: SessionSettings, params:
             UNION ALL
             SELECT session_date, session_id, device_key, min(ts_us), max(ts_us), end_reason, is_continuation, long_activity,
                    {_summary_aggregates("seq")}
-            FROM {method}_membership
+            FROM {method}_membership JOIN window_devices USING (device_no)
             GROUP BY session_date, session_id, device_key, end_reason, is_continuation, long_activity
         ) AS s
         """,
@@ -337,12 +355,12 @@ def _insert_session_events(conn, method: str, settings: SessionSettings, params:
 
 # Each target day's members with whether they are inside a foreground span (orphans, method choice).
 DAY_MEMBERS = """(
-    SELECT m.event_date AS target_date, m.device_key, m.message_id, m.ts_us, m.in_span
+    SELECT m.event_date AS target_date, m.device_no, m.message_id, m.ts_us, m.in_span
     FROM range_members AS m
     JOIN target_days AS t ON t.target_date = m.event_date
-    ANTI JOIN recompute_windows AS w ON w.target_date = m.event_date AND w.device_key = m.device_key
+    ANTI JOIN recompute_windows AS w ON w.target_date = m.event_date AND w.device_no = m.device_no
     UNION ALL
-    SELECT target_date, device_key, message_id, ts_us, in_span
+    SELECT target_date, device_no, message_id, ts_us, in_span
     FROM action_groups WHERE event_date = target_date
 ) AS d"""
 
@@ -369,14 +387,14 @@ def _window_members(conn, params: dict) -> None:
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE window_members AS
-        SELECT t.target_date, e.device_key, e.message_id, e.event_date, e.type, e.event,
+        SELECT t.target_date, t.device_no, e.message_id, e.event_date, e.type, e.event,
                {NARROW_MEMBER_FIELDS_SQL}, epoch_us(e.timestamp) AS ts_us,
                row_number() OVER (
-                   PARTITION BY t.target_date, e.device_key
+                   PARTITION BY t.target_date, t.device_no
                    ORDER BY epoch_us(e.timestamp), e.lifecycle_rank, e.received_at, e.message_id
                ) AS rn
         FROM events AS e
-        JOIN recompute_windows AS t ON e.device_key = t.device_key
+        JOIN (SELECT * FROM recompute_windows JOIN window_devices USING (device_no)) AS t ON e.device_key = t.device_key
          AND e.event_date BETWEEN t.target_date - 1 AND t.target_date + 1
         WHERE e.project_id = $project_id AND e.is_member
         """,
@@ -389,12 +407,12 @@ def _time_groups(conn, settings: SessionSettings) -> None:
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE time_groups AS
-        SELECT *, sum(starts_chain) OVER (PARTITION BY target_date, device_key ORDER BY rn ROWS UNBOUNDED PRECEDING) AS grp
+        SELECT *, sum(starts_chain) OVER (PARTITION BY target_date, device_no ORDER BY rn ROWS UNBOUNDED PRECEDING) AS grp
         FROM (
             SELECT *,
                    CASE WHEN ts_us - lag(ts_us) OVER w <= {settings.timeout_us} THEN 0 ELSE 1 END AS starts_chain
             FROM window_members
-            WINDOW w AS (PARTITION BY target_date, device_key ORDER BY rn)
+            WINDOW w AS (PARTITION BY target_date, device_no ORDER BY rn)
         )
         """
     )
@@ -413,13 +431,13 @@ def _action_groups(conn) -> None:
                        AND lead(type = 'track' AND event = 'Application Opened') OVER w
                        AND lead(ts_us) OVER w - ts_us <= {PRE_OPEN_WINDOW_US} AS is_pre_open
             FROM window_members
-            WINDOW w AS (PARTITION BY target_date, device_key ORDER BY rn)
+            WINDOW w AS (PARTITION BY target_date, device_no ORDER BY rn)
         ),
         starts AS (
             SELECT *,
                    is_pre_open OR (is_open AND NOT coalesce(lag(is_pre_open) OVER w, false)) AS starts_span
             FROM flagged
-            WINDOW w AS (PARTITION BY target_date, device_key ORDER BY rn)
+            WINDOW w AS (PARTITION BY target_date, device_no ORDER BY rn)
         ),
         marks AS (
             SELECT *,
@@ -428,7 +446,7 @@ def _action_groups(conn) -> None:
                        AS last_background_rn,
                    sum(CASE WHEN starts_span THEN 1 ELSE 0 END) OVER (w ROWS UNBOUNDED PRECEDING) AS grp
             FROM starts
-            WINDOW w AS (PARTITION BY target_date, device_key ORDER BY rn)
+            WINDOW w AS (PARTITION BY target_date, device_no ORDER BY rn)
         )
         SELECT *, last_start_rn IS NOT NULL AND coalesce(last_background_rn, 0) < last_start_rn AS in_span
         FROM marks
@@ -444,11 +462,11 @@ def _cut_long_groups(conn, method: str, settings: SessionSettings) -> None:
     3 days / max duration + 1 of them). Only groups longer than the max duration (rare) take part.
     """
     members = f"{method}_groups" + (" WHERE in_span" if method == ACTION else "")
-    keys = "target_date, device_key, grp"
+    keys = "target_date, device_no, grp"
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {method}_long_members AS
-        SELECT g.target_date, g.device_key, g.grp, g.rn, g.ts_us
+        SELECT g.target_date, g.device_no, g.grp, g.rn, g.ts_us
         FROM (SELECT * FROM {members}) AS g
         SEMI JOIN (
             SELECT {keys} FROM (SELECT * FROM {members})
@@ -467,11 +485,11 @@ def _cut_long_groups(conn, method: str, settings: SessionSettings) -> None:
         conn.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE {method}_pieces_{len(rounds)} AS
-            SELECT m.target_date, m.device_key, m.grp, {len(rounds)} AS piece, min(m.ts_us) AS start_us
+            SELECT m.target_date, m.device_no, m.grp, {len(rounds)} AS piece, min(m.ts_us) AS start_us
             FROM {method}_long_members AS m
             JOIN {rounds[-1]} AS p USING ({keys})
             WHERE m.ts_us - p.start_us > {settings.max_us}
-            GROUP BY m.target_date, m.device_key, m.grp
+            GROUP BY m.target_date, m.device_no, m.grp
             """
         )
         rounds.append(f"{method}_pieces_{len(rounds)}")
@@ -479,11 +497,11 @@ def _cut_long_groups(conn, method: str, settings: SessionSettings) -> None:
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {method}_cuts AS
-        SELECT m.target_date, m.device_key, m.rn, max(p.piece) AS piece
+        SELECT m.target_date, m.device_no, m.rn, max(p.piece) AS piece
         FROM {method}_long_members AS m
         JOIN ({piece_starts}) AS p USING ({keys})
         WHERE p.start_us <= m.ts_us
-        GROUP BY m.target_date, m.device_key, m.rn
+        GROUP BY m.target_date, m.device_no, m.rn
         """
     )
 
@@ -508,10 +526,10 @@ def _window_membership(conn, method: str, settings: SessionSettings, params: dic
         WITH pieces AS (
             SELECT g.*, coalesce(c.piece, 0) AS piece
             FROM (SELECT * FROM {members}) AS g
-            LEFT JOIN {method}_cuts AS c USING (target_date, device_key, rn)
+            LEFT JOIN {method}_cuts AS c USING (target_date, device_no, rn)
         ),
         sessions AS (
-            SELECT target_date, device_key, grp, piece,
+            SELECT target_date, device_no, grp, piece,
                    arg_min(message_id, rn) AS first_message_id,
                    min(ts_us) AS first_ts_us,
                    max(ts_us) AS last_ts_us,
@@ -520,28 +538,28 @@ def _window_membership(conn, method: str, settings: SessionSettings, params: dic
         ),
         described AS (
             SELECT s.*,
-                   max(piece) OVER (PARTITION BY target_date, device_key, grp) AS last_piece,
-                   max(grp) OVER (PARTITION BY target_date, device_key) AS device_last_grp,
-                   max(last_ts_us) OVER (PARTITION BY target_date, device_key, grp)
-                       - min(first_ts_us) OVER (PARTITION BY target_date, device_key, grp) > {settings.max_us}
+                   max(piece) OVER (PARTITION BY target_date, device_no, grp) AS last_piece,
+                   max(grp) OVER (PARTITION BY target_date, device_no) AS device_last_grp,
+                   max(last_ts_us) OVER (PARTITION BY target_date, device_no, grp)
+                       - min(first_ts_us) OVER (PARTITION BY target_date, device_no, grp) > {settings.max_us}
                        AS long_activity,
                    n.newest_us
             FROM sessions AS s JOIN window_newest AS n USING (target_date)
         ),
         owned AS (
-            SELECT target_date, device_key, grp, piece,
+            SELECT target_date, device_no, grp, piece,
                    md5(concat_ws('|', $project_id, device_key, '{method}', first_message_id)) AS session_id,
                    {end_reason} AS end_reason,
                    piece > 0 AS is_continuation,
                    long_activity
-            FROM described
+            FROM described JOIN window_devices USING (device_no)
             WHERE CAST(make_timestamp(first_ts_us) AS DATE) = target_date
         )
         SELECT o.target_date AS session_date, o.session_id, o.end_reason, o.is_continuation, o.long_activity,
-               p.device_key, p.message_id, p.event_date, p.ts_us, p.rn, {_qualified("p", MEMBER_FIELDS)},
+               p.device_no, p.message_id, p.event_date, p.ts_us, p.rn, {_qualified("p", MEMBER_FIELDS)},
                row_number() OVER (PARTITION BY o.target_date, o.session_id ORDER BY p.rn) AS seq
         FROM pieces AS p
-        JOIN owned AS o USING (target_date, device_key, grp, piece)
+        JOIN owned AS o USING (target_date, device_no, grp, piece)
         """,
         params,
     )
