@@ -11,6 +11,8 @@ transpiler plus the rewrites it lacks, each checked against real Postgres 15 and
 - every derived table gets an alias (Postgres 15);
 - `epoch_us(ts)` and `make_timestamp(us)` become exact microsecond arithmetic;
 - `arg_min` / `arg_max` keep DuckDB's meaning (rows whose value is NULL are skipped);
+- `last_value(x IGNORE NULLS)` becomes `max(x)` (Postgres has no IGNORE NULLS): Vespucci
+  takes the latest non-null only of marks that grow with the window's order;
 - named windows are written out in full (Spark rejects `OVER (w ROWS ...)`);
 - `CREATE OR REPLACE TEMP TABLE x AS q` becomes a session temp table (Postgres) or an
   eagerly cached view (Spark); transactions are dropped on Spark, which has none.
@@ -164,6 +166,8 @@ def _postgres_functions(node):
             this=exp.cast(exp.Literal.string("1970-01-01 00:00:00"), "TIMESTAMP"),
             expression=exp.Mul(this=node.this, expression=exp.Interval(this=exp.Literal.string("1"), unit=exp.var("MICROSECOND"))),
         )
+    if isinstance(node, exp.IgnoreNulls) and isinstance(node.this, exp.LastValue):
+        return exp.Max(this=node.this.this.copy())
     if isinstance(node, (exp.ArgMax, exp.ArgMin)):
         # (array_agg(x ORDER BY key) FILTER (WHERE x IS NOT NULL AND key IS NOT NULL))[1]
         value, key = node.this, node.expression
