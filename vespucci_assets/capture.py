@@ -119,12 +119,14 @@ class CaptureWriter:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._committing = False
+        self._next_ns = 0
 
     def append(self, project_id: str, items: Iterable[CapturedMessage | Rejection]) -> AppendResult:
         writes: list[tuple[Path, bytes]] = []
         accepted = quarantined = 0
         chunks: dict[Path, list[bytes]] = defaultdict(list)
-        ingested_ns = time.time_ns()
+        items = list(items)
+        ingested_ns = self._reserve_ns(len(items))
         for offset, item in enumerate(items):
             if isinstance(item, CapturedMessage):
                 path = self._path(project_id, EVENTS, item.event_day)
@@ -137,6 +139,13 @@ class CaptureWriter:
         if writes:
             self._commit(writes)
         return AppendResult(accepted, quarantined)
+
+    def _reserve_ns(self, count: int) -> int:
+        """Capture times for `count` records, never given twice by this writer, so copies of a message differ in it."""
+        with self._lock:
+            first = max(time.time_ns(), self._next_ns)
+            self._next_ns = first + count
+        return first
 
     def _path(self, project_id: str, kind: str, day: date) -> Path:
         key = (project_id, kind, day)

@@ -81,50 +81,26 @@ def build_events(conn, source: CaptureStore | SegmentWarehouse, project_id: str,
     else:
         source = capture_rows(conn, source.files(project_id, EVENTS, window), CAPTURED_COLUMNS)
     set_target_days(conn, days)
-    # Duplicates are rare: only the copies of messageIds seen more than once are ranked, so the
-    # payloads of all the others are never sorted.
+    # Duplicates are rare: copies are counted on the message ids alone, then the payloads are
+    # read once, keeping each repeated message's earliest copy (by ingested_ns).
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE repeated_ids AS
-        SELECT message_id, count(*) AS copies FROM {source}
+        SELECT message_id, count(*) AS copies, min(ingested_ns) AS first_ns
+        FROM {source}
         WHERE message_id IS NOT NULL AND timestamp IS NOT NULL
         GROUP BY message_id HAVING count(*) > 1
         """
     )
-    captured = ", ".join(CAPTURED_COLUMNS)
-    first_copies = f"""(
-        SELECT {captured}, CAST(timestamp AS TIMESTAMP) AS ts, 1 AS copies FROM {source} AS c
-        WHERE message_id IS NOT NULL AND timestamp IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM repeated_ids AS r WHERE r.message_id = c.message_id)
-        UNION ALL
-        SELECT {captured}, CAST(timestamp AS TIMESTAMP) AS ts, copies FROM (
-            SELECT c.*, r.copies, row_number() OVER (PARTITION BY c.message_id ORDER BY c.ingested_ns, c.filename) AS copy_rank
-            FROM {source} AS c JOIN repeated_ids AS r ON r.message_id = c.message_id
-        ) AS ranked
-        WHERE copy_rank = 1
-    ) AS first_copies"""
     with transaction(conn):
         delete_days(conn, "events", "event_date", project_id)
         delete_days(conn, "device_users_daily", "event_date", project_id)
-        conn.execute(
-            f"""
-            INSERT INTO events ({", ".join(EVENTS_TABLE.column_names)})
-            SELECT
-                $project_id, CAST(ts AS DATE), message_id, type, event, name,
-                coalesce(anonymous_id, user_id), anonymous_id, user_id,
-                ts,
-                CAST(original_timestamp AS TIMESTAMP),
-                CAST(sent_at AS TIMESTAMP),
-                CAST(received_at AS TIMESTAMP),
-                properties, context, traits, extra,
-                {LIFECYCLE_RANK_SQL},
-                type IN ('track', 'screen', 'page'),
-                ingested_ns, copies
-            FROM {first_copies}
-            WHERE CAST(ts AS DATE) IN (SELECT target_date FROM target_days)
-            """,
-            {"project_id": project_id},
-        )
+        _insert_first_copies(conn, source, project_id, _FIRST_BY_INSTANT)
+        if _copies_share_first_instant(conn, project_id):
+            # Two copies captured at the same instant (a warehouse's identical rows; a capture
+            # writer never gives one instant twice): rank them as (ingested_ns, file).
+            delete_days(conn, "events", "event_date", project_id)
+            _insert_first_copies(conn, source, project_id, _FIRST_BY_RANK)
         conn.execute(
             """
             INSERT INTO device_users_daily
@@ -146,6 +122,70 @@ def build_events(conn, source: CaptureStore | SegmentWarehouse, project_id: str,
         {"project_id": project_id},
     ).fetchone()
     return EventsStats(events=row[0], members=row[1], duplicates=int(row[2]), devices=row[3])
+
+
+_CAPTURED = ", ".join(f"c.{column}" for column in CAPTURED_COLUMNS)
+# One read of the source: every message's copy with the earliest ingested_ns (copies without
+# one all pass when none has one, and are then ranked).
+# Uncorrelated subqueries rather than a join or EXISTS: the planner, not knowing the source's
+# size, would hash every payload to probe it with the few repeated ids, or stage the source.
+_FIRST_BY_INSTANT = f"""
+    SELECT {_CAPTURED}, CAST(c.timestamp AS TIMESTAMP) AS ts,
+           coalesce((SELECT r.copies FROM repeated_ids AS r WHERE r.message_id = c.message_id), 1) AS copies
+    FROM {{source}} AS c
+    WHERE c.message_id IS NOT NULL AND c.timestamp IS NOT NULL
+      AND (c.message_id NOT IN (SELECT message_id FROM repeated_ids)
+           OR (c.message_id, coalesce(c.ingested_ns, -1)) IN (SELECT message_id, coalesce(first_ns, -1) FROM repeated_ids))
+"""
+# Two reads, when copies share their earliest ingested_ns: the repeated messages' copies ranked, one kept.
+_FIRST_BY_RANK = f"""
+    SELECT {_CAPTURED}, CAST(c.timestamp AS TIMESTAMP) AS ts, 1 AS copies FROM {{source}} AS c
+    WHERE c.message_id IS NOT NULL AND c.timestamp IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM repeated_ids AS r WHERE r.message_id = c.message_id)
+    UNION ALL
+    SELECT {", ".join(CAPTURED_COLUMNS)}, CAST(timestamp AS TIMESTAMP) AS ts, copies FROM (
+        SELECT c.*, r.copies, row_number() OVER (PARTITION BY c.message_id ORDER BY c.ingested_ns, c.filename) AS copy_rank
+        FROM {{source}} AS c JOIN repeated_ids AS r ON r.message_id = c.message_id
+    ) AS ranked
+    WHERE copy_rank = 1
+"""
+
+
+def _insert_first_copies(conn, source: str, project_id: str, first_copies: str) -> None:
+    conn.execute(
+        f"""
+        INSERT INTO events ({", ".join(EVENTS_TABLE.column_names)})
+        SELECT
+            $project_id, CAST(ts AS DATE), message_id, type, event, name,
+            coalesce(anonymous_id, user_id), anonymous_id, user_id,
+            ts,
+            CAST(original_timestamp AS TIMESTAMP),
+            CAST(sent_at AS TIMESTAMP),
+            CAST(received_at AS TIMESTAMP),
+            properties, context, traits, extra,
+            {LIFECYCLE_RANK_SQL},
+            type IN ('track', 'screen', 'page'),
+            ingested_ns, copies
+        FROM ({first_copies.format(source=source)}) AS first_copies
+        WHERE CAST(ts AS DATE) IN (SELECT target_date FROM target_days)
+        """,
+        {"project_id": project_id},
+    )
+
+
+def _copies_share_first_instant(conn, project_id: str) -> bool:
+    """Whether a repeated message kept two copies: they shared its earliest ingested_ns."""
+    return conn.execute(
+        """
+        SELECT count(*) FROM (
+            SELECT message_id FROM events
+            WHERE project_id = $project_id AND event_date IN (SELECT target_date FROM target_days)
+              AND message_id IN (SELECT message_id FROM repeated_ids)
+            GROUP BY message_id HAVING count(*) > 1
+        ) AS shared
+        """,
+        {"project_id": project_id},
+    ).fetchone()[0] > 0
 
 
 def build_quarantine(conn, store: CaptureStore, project_id: str, days: list[date]) -> int:
@@ -171,8 +211,6 @@ def build_quarantine(conn, store: CaptureStore, project_id: str, days: list[date
         "SELECT count(*) FROM quarantined_events WHERE project_id = $p AND received_date IN (SELECT target_date FROM target_days)",
         {"p": project_id},
     ).fetchone()[0]
-
-
 
 
 def _empty_source(columns: dict[str, str]) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import random
 from datetime import date, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
+from vespucci_assets.capture import EVENTS
 from vespucci_assets.segment import normalize
 from vespucci_assets_tests.support import BASE_DAY, Pipeline, at, iso, message, orphans, project, session_rows
 
@@ -675,6 +677,29 @@ def test_duplicate_received_later_never_wins_even_with_an_earlier_timestamp(pipe
     pipe.capture("acme", [m("screen:Early", "10:00:00", "dup")], received_at=at("10:06:00"))
     pipe.build(project(), [D0])
     assert table(pipe, "SELECT message_id, name, timestamp, copies FROM events") == [("dup", "Late", t("10:05:00"), 2)]
+
+
+def test_copies_captured_at_the_same_instant_keep_exactly_one_the_first_writer_file_wins(pipe, monkeypatch):
+    # Two writer processes whose clocks give the same nanosecond: the copies tie on ingested_ns.
+    monkeypatch.setattr("vespucci_assets.capture.time", SimpleNamespace(time_ns=lambda: 1_780_000_000_000_000_000))
+    other_writer = pipe.store.writer()
+    pipe.capture("acme", [m("screen:One", "10:00:00", "dup"), m("screen:Home", "10:00:10", "solo")], received_at=at("12:00"))
+    other_writer.append("acme", [normalize(m("screen:Two", "10:00:00", "dup"), at("12:00"))])
+    other_writer.close()
+    pipe.build(project(), [D0])
+    winner = "One" if pipe.writer.writer_id < other_writer.writer_id else "Two"
+    assert table(pipe, "SELECT message_id, name, copies FROM events ORDER BY message_id") == [("dup", winner, 2), ("solo", "Home", 1)]
+
+
+def test_one_writer_never_gives_two_copies_the_same_instant(pipe, monkeypatch):
+    instant = 1_780_000_000_000_000_000
+    monkeypatch.setattr("vespucci_assets.capture.time", SimpleNamespace(time_ns=lambda: instant))
+    pipe.capture("acme", [m("screen:One", "10:00:00", "dup"), m("screen:Home", "10:00:10", "solo")], received_at=at("12:00"))
+    pipe.capture("acme", [m("screen:Two", "10:00:00", "dup")], received_at=at("12:00"))
+    assert [r["ingested_ns"] for r in pipe.store.read_records("acme", EVENTS, [D0])] == [instant, instant + 1, instant + 2]
+    pipe.build(project(), [D0])
+    assert table(pipe, "SELECT message_id, name, copies, ingested_ns FROM events ORDER BY message_id") == [
+        ("dup", "One", 2, instant), ("solo", "Home", 1, instant + 1)]
 
 
 def test_unusable_messages_are_quarantined_with_a_reason(pipe):
