@@ -191,8 +191,9 @@ def _range_members(conn, settings: SessionSettings, params: dict) -> None:
     member's span and says whether it is inside it: a span's start marks 2 rn + 1 and a
     Backgrounded marks 2 rn on the member after it, so an odd latest mark means no
     Backgrounded came between the span's start and this member. Marks grow with rn, so the
-    latest is also the largest; `last_value(... IGNORE NULLS)` finds it at a third of the
-    cost of a running max (engines without IGNORE NULLS take the max, see dialects).
+    latest is also the largest; `last_value(... IGNORE NULLS)` finds it without the segment
+    tree DuckDB builds for a running max (range_members 8.5 s -> 6.5 s at 10M events);
+    engines without IGNORE NULLS take the max (see dialects).
     Only what the summaries need travels with a member (MEMBER_FIELDS; the event day is
     its timestamp's date): the wide rows cost half again as much to sort twice.
     """
