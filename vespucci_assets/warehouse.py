@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,8 @@ import duckdb
 from vespucci_assets.tables import create_schema
 
 DEFAULT_LOCK_TIMEOUT_S = 3600.0
+# Steps of one run follow each other within a fraction of a second; a writer elsewhere waits at most this.
+DEFAULT_IDLE_RELEASE_S = 2.0
 # Someone else's process (a notebook, the duckdb CLI) may hold the file for a moment.
 FOREIGN_LOCK_WAIT_S = 30.0
 
@@ -81,3 +84,71 @@ def connect_warehouse(path: Path | str, memory_limit: str | None = None) -> duck
         conn.execute(f"SET memory_limit = '{memory_limit}'")
     create_schema(conn)
     return conn
+
+
+class SharedWriter:
+    """One writer connection that consecutive users in this process take turns on.
+
+    The steps of a run executing in one process then read what the step before them wrote
+    from DuckDB's buffer pool, not back from the file, and open and checkpoint the file once.
+    The connection, and with it the file lock, is let go after `idle_s` without a user, so a
+    writer in another process (a step of a concurrent run, which may hold the pool slot this
+    run's next step waits for) waits at most that long; and by `close()`.
+    """
+
+    def __init__(self, path: Path | str, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+                 idle_s: float = DEFAULT_IDLE_RELEASE_S) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.idle_s = idle_s
+        self._mutex = threading.RLock()
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._lock = contextlib.ExitStack()
+        self._idle_timer: threading.Timer | None = None
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._mutex:
+            self._cancel_idle_timer()
+            if self._conn is None:
+                self._open()
+            try:
+                yield self._conn
+            except BaseException:
+                # Whatever state a failed user left behind is not handed to the next one.
+                self._release()
+                raise
+            self._cancel_idle_timer()
+            self._idle_timer = threading.Timer(self.idle_s, self.close)
+            self._idle_timer.daemon = True
+            self._idle_timer.start()
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def close(self) -> None:
+        with self._mutex:
+            self._cancel_idle_timer()
+            self._release()
+
+    def _open(self) -> None:
+        self._lock.enter_context(writer_lock(self.path, self.lock_timeout_s))
+        try:
+            self._conn = connect_warehouse(self.path)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _release(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        finally:
+            self._conn = None
+            self._lock.close()
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None

@@ -19,6 +19,7 @@ from vespucci_assets.projects import Project, Registry
 from vespucci_assets.runs import QUIET_RUN_CONFIG, dagster_instance, materialize_partitions, register_projects
 from vespucci_assets.segment import normalize
 from vespucci_assets.tables import ALL_TABLES
+from vespucci_assets.warehouse import writer_lock
 
 END_DAY = date(2026, 11, 22)
 DAYS = [END_DAY - timedelta(days=n) for n in range(3, -1, -1)]
@@ -50,6 +51,9 @@ def ranged_home(tmp_path, monkeypatch):
     _capture_sample(home)
     summary = materialize_partitions(home)
     assert len(summary.runs) == 1
+    # The run's steps shared one writer; the run's end let it go at once, not after the idle delay.
+    with writer_lock(home.warehouse_path, timeout_s=0.05):
+        pass
     return home
 
 

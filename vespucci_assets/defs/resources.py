@@ -9,12 +9,13 @@ from typing import Iterator
 import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
 
 from vespucci_assets.capture import CaptureStore
 from vespucci_assets.engines import DUCKDB_ENGINE, EngineError, connect_engine
 from vespucci_assets.home import Home
 from vespucci_assets.projects import Project, ProjectError, Registry
-from vespucci_assets.warehouse import DEFAULT_LOCK_TIMEOUT_S, connect_warehouse, writer_lock
+from vespucci_assets.warehouse import DEFAULT_LOCK_TIMEOUT_S, SharedWriter
 
 
 class VespucciHome(dg.ConfigurableResource):
@@ -40,18 +41,31 @@ class VespucciHome(dg.ConfigurableResource):
 
 
 class Warehouse(DuckDBResource):
-    """The DuckDB file, opened by one writer at a time (see `vespucci_assets.warehouse`), schema in place."""
+    """The DuckDB file, opened by one writer at a time (see `vespucci_assets.warehouse`), schema in place.
+
+    Within a run, the steps executing in one process share the writer (`SharedWriter`), released
+    between steps only when idle and at the end of the run.
+    """
 
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    _writer: SharedWriter | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._writer = SharedWriter(self.database, self.lock_timeout_s)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
     @contextlib.contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with writer_lock(Path(self.database), self.lock_timeout_s):
-            conn = connect_warehouse(self.database)
-            try:
+        writer = self._writer or SharedWriter(self.database, self.lock_timeout_s)
+        try:
+            with writer.connection() as conn:
                 yield conn
-            finally:
-                conn.close()
+        finally:
+            if writer is not self._writer:
+                writer.close()
 
     @contextlib.contextmanager
     def project_connection(self, project: Project) -> Iterator:

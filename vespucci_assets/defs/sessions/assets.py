@@ -23,7 +23,7 @@ SESSION_FIGURES = {
     "median_duration_s": "median(x.duration_s)",
     "events_per_session": "avg(x.event_count)",
 }
-SESSION_EVENTS_FIGURES = {"dagster/row_count": "count(x.message_id)"}
+SESSION_EVENTS_FIGURES = {"dagster/row_count": "count(x.session_date)"}
 METHOD_CHOICE_FIGURES = {
     "orphan_events": "coalesce(sum(x.members - x.members_in_spans), 0)::BIGINT",
     "orphan_rate": "sum(x.members - x.members_in_spans) / nullif(sum(x.members), 0)",
